@@ -1,0 +1,1 @@
+"""Data: NIfTI I/O, nnU-Net raw layout, DICOM conversion, the phantom, ROI preparation."""

@@ -1,0 +1,81 @@
+"""nnU-Net v2 raw layout: ``imagesTr/<case>_0000.nii.gz``, ``labelsTr/<case>.nii.gz``, ``dataset.json``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from foscu.errors import InputError
+from foscu.labels import LABELS
+from foscu.runs import write_json_atomic
+
+FILE_ENDING = ".nii.gz"
+CHANNEL_SUFFIX = "_0000"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case of a raw set: its id, image path and (optional) label path."""
+
+    case_id: str
+    image: Path
+    label: Path | None
+
+
+def image_path(root: Path, case_id: str, split: str = "Tr") -> Path:
+    return Path(root) / f"images{split}" / f"{case_id}{CHANNEL_SUFFIX}{FILE_ENDING}"
+
+
+def label_path(root: Path, case_id: str, split: str = "Tr") -> Path:
+    return Path(root) / f"labels{split}" / f"{case_id}{FILE_ENDING}"
+
+
+def write_dataset_json(
+    root: Path, name: str, num_training: int, labels: dict[str, int] | None = None, **extra: object
+) -> None:
+    """dataset.json as nnU-Net v2 reads it (channel 0 is the MRI)."""
+    meta = {
+        "name": name,
+        "channel_names": {"0": "MRI"},
+        "labels": dict(labels or LABELS),
+        "numTraining": num_training,
+        "file_ending": FILE_ENDING,
+        **extra,
+    }
+    write_json_atomic(Path(root) / "dataset.json", meta)
+
+
+def read_dataset_json(root: Path) -> dict:
+    path = Path(root) / "dataset.json"
+    if not path.is_file():
+        raise InputError(path, "missing dataset.json (expected an nnU-Net v2 raw data set)")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(path, f"not valid JSON ({err})") from None
+    if not isinstance(meta.get("labels"), dict):
+        raise InputError(path, "has no 'labels' mapping")
+    return meta
+
+
+def list_cases(root: Path, require_labels: bool = True) -> list[Case]:
+    """The cases of a raw set, sorted by id; refuses an empty/missing folder or an unpaired file."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(root, "folder not found")
+    images_dir = root / "imagesTr"
+    if not images_dir.is_dir():
+        raise InputError(root, "no imagesTr/ folder (expected nnU-Net v2 raw layout)")
+    cases: list[Case] = []
+    for img in sorted(images_dir.glob(f"*{CHANNEL_SUFFIX}{FILE_ENDING}")):
+        case_id = img.name[: -len(CHANNEL_SUFFIX + FILE_ENDING)]
+        lab = label_path(root, case_id)
+        if not lab.is_file():
+            if require_labels:
+                raise InputError(img, f"has no label file {lab.relative_to(root)}")
+            lab = None
+        cases.append(Case(case_id, img, lab))
+    if not cases:
+        raise InputError(images_dir, f"no images named <case>{CHANNEL_SUFFIX}{FILE_ENDING}")
+    return cases

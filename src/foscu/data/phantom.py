@@ -1,0 +1,343 @@
+"""The embedded data set: procedural hepatobiliary-phase abdominal MRI phantoms with labels.
+
+Each case is drawn from its own random stream ``default_rng([seed, case_index])``, so case i is the
+same whether 4 or 400 cases are generated. Anatomy is built from implicit shapes evaluated on
+randomly deformed coordinates (so the liver is a smooth random deformation of a two-lobed template,
+never an ellipsoid), plus branching, tapering vessel trees rasterised from line segments.
+
+Intensities follow the hepatobiliary phase of a fat-suppressed T1 sequence (e.g. Gd-EOB-DTPA at 20 min):
+the liver is the brightest solid organ; portal and hepatic veins and tumors are hypointense to it.
+Acquisition effects: partial-volume blur, a smooth multiplicative bias field and Rician noise.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from foscu.data.layout import image_path, label_path, write_dataset_json
+from foscu.data.nifti import write_nifti
+from foscu.labels import BACKGROUND, HEPATIC_VEIN, LIVER, PORTAL_VEIN, TUMOR
+
+# Tissue intensities (arbitrary units, liver = 1.0) of a fat-suppressed T1 hepatobiliary phase.
+INTENSITY = {
+    "air": 0.0,
+    "fat": 0.22,
+    "muscle": 0.38,
+    "bone": 0.45,
+    "marrow": 0.55,
+    "spleen": 0.52,
+    "kidney": 0.62,
+    "stomach_wall": 0.45,
+    "stomach_content": 0.12,
+    "bowel": 0.3,
+    "liver": 1.0,
+    "vessel": 0.32,
+    "tumor": 0.42,
+    "ivc": 0.3,
+    "aorta": 0.28,
+}
+
+
+@dataclass(frozen=True)
+class PhantomCase:
+    """One generated case: image (float32), label (uint8, labels.py map), affine and its tumor count."""
+
+    image: np.ndarray
+    label: np.ndarray
+    affine: np.ndarray
+    n_tumors: int
+
+
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, int, int], coarse: int) -> np.ndarray:
+    """Zero-mean, unit-ish smooth random field: coarse Gaussian noise upsampled with cubic splines."""
+    grid = rng.standard_normal((coarse, coarse, max(2, coarse // 2 + 1)))
+    zoom = [s / c for s, c in zip(shape, grid.shape)]
+    field = ndimage.zoom(grid, zoom, order=3, mode="nearest")
+    return field[: shape[0], : shape[1], : shape[2]].astype(np.float32)
+
+
+def _ellipsoid(x, y, z, center, radii) -> np.ndarray:
+    """Implicit ellipsoid: < 1 inside."""
+    return ((x - center[0]) / radii[0]) ** 2 + ((y - center[1]) / radii[1]) ** 2 + (
+        (z - center[2]) / radii[2]
+    ) ** 2
+
+
+def _segments_tree(
+    rng: np.random.Generator,
+    start: np.ndarray,
+    direction: np.ndarray,
+    length: float,
+    radius: float,
+    depth: int,
+) -> list[tuple[np.ndarray, np.ndarray, float, float]]:
+    """A branching, tapering vessel tree: (p0, p1, r0, r1) segments in mm, children at random angles."""
+    segments = []
+    direction = direction / np.linalg.norm(direction)
+    end = start + direction * length
+    r_end = radius * 0.78
+    segments.append((start, end, radius, r_end))
+    if depth > 0 and r_end > 0.7:
+        n_children = 2 if depth > 1 else int(rng.integers(2, 4))
+        for _ in range(n_children):
+            jitter = rng.standard_normal(3)
+            jitter -= jitter.dot(direction) * direction
+            child_dir = direction + 0.9 * jitter / (np.linalg.norm(jitter) + 1e-6)
+            segments += _segments_tree(
+                rng, end, child_dir, length * rng.uniform(0.6, 0.8), r_end * rng.uniform(0.7, 0.85), depth - 1
+            )
+    return segments
+
+
+def _rasterise_segments(
+    segments, coords_mm: tuple[np.ndarray, np.ndarray, np.ndarray], spacing: np.ndarray, shape
+) -> np.ndarray:
+    """Boolean mask of voxels within the tapered radius of any segment (bounding-box local work only)."""
+    mask = np.zeros(shape, dtype=bool)
+    ax, ay, az = coords_mm
+    for p0, p1, r0, r1 in segments:
+        rmax = max(r0, r1)
+        lo = np.minimum(p0, p1) - rmax
+        hi = np.maximum(p0, p1) + rmax
+        i0 = np.clip(np.floor((lo - [ax[0], ay[0], az[0]]) / spacing).astype(int), 0, np.array(shape) - 1)
+        i1 = np.clip(np.ceil((hi - [ax[0], ay[0], az[0]]) / spacing).astype(int) + 1, 0, np.array(shape))
+        if np.any(i1 <= i0):
+            continue
+        px = ax[i0[0] : i1[0], None, None]
+        py = ay[None, i0[1] : i1[1], None]
+        pz = az[None, None, i0[2] : i1[2]]
+        d = p1 - p0
+        dd = float(d.dot(d)) + 1e-9
+        t = np.clip(((px - p0[0]) * d[0] + (py - p0[1]) * d[1] + (pz - p0[2]) * d[2]) / dd, 0.0, 1.0)
+        dist2 = (px - p0[0] - t * d[0]) ** 2 + (py - p0[1] - t * d[1]) ** 2 + (pz - p0[2] - t * d[2]) ** 2
+        r = r0 + (r1 - r0) * t
+        mask[i0[0] : i1[0], i0[1] : i1[1], i0[2] : i1[2]] |= dist2 <= r**2
+    return mask
+
+
+def generate_case(
+    case_index: int,
+    seed: int = 0,
+    shape: tuple[int, int, int] = (160, 160, 64),
+    spacing: tuple[float, float, float] = (1.5, 1.5, 3.0),
+) -> PhantomCase:
+    """Generate phantom case ``case_index`` of the set drawn with ``seed``.
+
+    Coordinates are RAS millimetres centred on the volume: +x left, +y anterior, +z superior.
+    The field of view scales with ``shape * spacing``; anatomy is sized relative to a 240 x 240 x 192 mm
+    abdomen, so small test shapes keep every structure.
+    """
+    rng = np.random.default_rng([seed, case_index])
+    shape = tuple(int(s) for s in shape)
+    spacing_arr = np.asarray(spacing, dtype=np.float64)
+    fov = np.asarray(shape) * spacing_arr
+    axes = [(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing_arr)]
+    # normalised coordinates in [-1, 1] over the field of view, deformed smoothly per case
+    u = [(a / (f / 2)).astype(np.float32) for a, f in zip(axes, fov)]
+    X, Y, Z = np.meshgrid(*u, indexing="ij", sparse=True)
+    coarse = 5
+    warp = 0.07
+    DX = warp * _smooth_field(rng, shape, coarse)
+    DY = warp * _smooth_field(rng, shape, coarse)
+    DZ = warp * _smooth_field(rng, shape, coarse)
+    Xw, Yw, Zw = X + DX, Y + DY, Z + DZ
+
+    # 1. body outline, subcutaneous fat, muscle wall; constant through z with a gentle taper
+    body_a = rng.uniform(0.84, 0.94)
+    body_b = rng.uniform(0.62, 0.72)
+    body = ((X / body_a) ** 2 + ((Y + 0.05) / body_b) ** 2) * (1.0 - 0.04 * Z) < 1.0
+    fat_t = rng.uniform(0.05, 0.1)
+    inner = ((X / (body_a - fat_t)) ** 2 + ((Y + 0.05) / (body_b - fat_t)) ** 2) < 1.0
+    muscle_t = 0.05
+    cavity = ((X / (body_a - fat_t - muscle_t)) ** 2 + ((Y + 0.05) / (body_b - fat_t - muscle_t)) ** 2) < 1.0
+    body = np.broadcast_to(body, shape)
+    inner = np.broadcast_to(inner, shape) & body
+    cavity = np.broadcast_to(cavity, shape) & body
+
+    image = np.zeros(shape, np.float32)
+    image[body] = INTENSITY["fat"]
+    image[inner] = INTENSITY["muscle"]
+    image[cavity] = INTENSITY["bowel"]
+
+    # 2. spine (vertebral body + marrow) and paraspinal muscles, posterior midline
+    spine_y = -body_b + fat_t + 0.17
+    vert = ((X / 0.1) ** 2 + ((Y - spine_y) / 0.09) ** 2) < 1.0
+    marrow = ((X / 0.075) ** 2 + ((Y - spine_y) / 0.065) ** 2) < 1.0
+    para = (((np.abs(X) - 0.17) / 0.1) ** 2 + ((Y - spine_y + 0.05) / 0.08) ** 2) < 1.0
+    image[np.broadcast_to(para, shape) & cavity] = INTENSITY["muscle"]
+    image[np.broadcast_to(vert, shape)] = INTENSITY["bone"]
+    image[np.broadcast_to(marrow, shape)] = INTENSITY["marrow"]
+    aorta = ((X - 0.05) / 0.045) ** 2 + ((Y - spine_y - 0.15) / 0.045) ** 2 < 1.0
+    image[np.broadcast_to(aorta, shape)] = INTENSITY["aorta"]
+
+    # 3. kidneys, spleen, stomach
+    kz = rng.uniform(-0.45, -0.2)
+    for side, dz in ((-1, -0.08), (1, 0.0)):
+        k = _ellipsoid(Xw, Yw, Zw, (side * 0.33, spine_y + 0.08, kz + dz), (0.12, 0.09, 0.32)) < 1.0
+        image[k] = INTENSITY["kidney"]
+    spleen = _ellipsoid(Xw, Yw, Zw, (0.55, spine_y + 0.2, rng.uniform(0.1, 0.3)), (0.13, 0.2, 0.3)) < 1.0
+    image[spleen] = INTENSITY["spleen"]
+    st_c = (0.28, rng.uniform(0.05, 0.2), rng.uniform(0.2, 0.4))
+    stomach = _ellipsoid(Xw, Yw, Zw, st_c, (0.2, 0.17, 0.25)) < 1.0
+    lumen = _ellipsoid(Xw, Yw, Zw, st_c, (0.16, 0.13, 0.21)) < 1.0
+    image[stomach] = INTENSITY["stomach_wall"]
+    image[lumen] = INTENSITY["stomach_content"]
+
+    # 4. liver: right lobe + tapering left lobe, randomly scaled and deformed (extra liver-local warp)
+    scale = rng.uniform(0.88, 1.1, size=3)
+    lw = 0.06 * _smooth_field(rng, shape, 4)
+    rl_c = (-0.38 * scale[0], 0.0, 0.12)
+    right_lobe = _ellipsoid(Xw + lw, Yw, Zw, rl_c, (0.42 * scale[0], 0.42 * scale[1], 0.62 * scale[2]))
+    # left lobe: flattened anterior wedge crossing the midline, thinner towards the patient's left
+    taper = np.clip(1.0 - (Xw + 0.1) / 0.6, 0.25, 1.0)
+    left_lobe = _ellipsoid(Xw, Yw + lw, Zw, (0.02, 0.18, 0.28), (0.36 * scale[0], 0.2 * taper, 0.3 * taper))
+    liver = ((right_lobe < 1.0) | (left_lobe < 1.0)) & cavity
+    liver &= ~np.broadcast_to(vert | para | aorta, shape)
+
+    label = np.zeros(shape, np.uint8)
+    label[liver] = LIVER
+    image[liver] = INTENSITY["liver"]
+
+    # 5. vessels (mm space): IVC runs up behind the liver; hepatic veins drain into it superiorly;
+    #    the portal vein enters at the hilum and branches to both lobes
+    half = fov / 2
+    to_mm = np.array([half[0], half[1], half[2]])
+    coords_mm = (axes[0], axes[1], axes[2])
+    ivc_xy = np.array([-0.12, spine_y + 0.17]) * to_mm[:2]
+    ivc = _rasterise_segments(
+        [(np.array([*ivc_xy, -half[2]]), np.array([*ivc_xy, half[2]]), 0.045 * to_mm[0], 0.05 * to_mm[0])],
+        coords_mm,
+        spacing_arr,
+        shape,
+    )
+    image[ivc] = INTENSITY["ivc"]
+    label[ivc] = BACKGROUND
+    r_main = 0.028 * to_mm[0]
+    hv_root = np.array([*ivc_xy, 0.45 * half[2]])
+    hepatic_segments = []
+    for target in ((-0.75, 0.25, 0.2), (-0.3, 0.45, 0.35), (0.1, 0.35, 0.3)):  # right, middle, left veins
+        direction = np.array(target) + rng.normal(0, 0.08, 3)
+        hepatic_segments += _segments_tree(
+            rng, hv_root, direction * to_mm, 0.3 * to_mm[0], r_main * rng.uniform(0.8, 1.0), depth=3
+        )
+    pv_root = np.array([-0.2, -0.02, -0.15]) * to_mm
+    portal_segments = [(pv_root - np.array([0, 0.12, 0.25]) * to_mm, pv_root, r_main * 1.2, r_main * 1.1)]
+    for target in ((-0.8, 0.1, 0.25), (0.7, 0.5, 0.35)):  # right and left portal branches
+        direction = np.array(target) + rng.normal(0, 0.08, 3)
+        portal_segments += _segments_tree(
+            rng, pv_root, direction * to_mm, 0.28 * to_mm[0], r_main * 1.05, depth=3
+        )
+    hilum_reach = ndimage.binary_dilation(liver, iterations=2)
+    portal = _rasterise_segments(portal_segments, coords_mm, spacing_arr, shape)
+    hepatic = _rasterise_segments(hepatic_segments, coords_mm, spacing_arr, shape)
+    portal_in = portal & hilum_reach
+    hepatic_in = hepatic & hilum_reach & ~ivc
+    image[portal_in | hepatic_in] = INTENSITY["vessel"]
+    label[portal_in] = PORTAL_VEIN
+    label[hepatic_in] = HEPATIC_VEIN
+
+    # 6. tumors: about half the cases none, else 1-3 of varied size, inside the liver
+    n_tumors = 0 if rng.random() < 0.5 else int(rng.integers(1, 4))
+    placed = 0
+    if n_tumors:
+        core = ndimage.binary_erosion(liver, iterations=2)
+        candidates = np.argwhere(core)
+        for _ in range(n_tumors):
+            if len(candidates) == 0:
+                break
+            c_vox = candidates[rng.integers(len(candidates))]
+            c_mm = np.array([coords_mm[i][c_vox[i]] for i in range(3)])
+            radius_mm = rng.uniform(5.0, 20.0) * min(1.0, fov[0] / 240.0 * 1.5)
+            radius_mm = max(radius_mm, 1.6 * spacing_arr.max())
+            radii = radius_mm * rng.uniform(0.8, 1.2, size=3)
+            tx, ty, tz = np.meshgrid(*[a - c for a, c in zip(coords_mm, c_mm)], indexing="ij", sparse=True)
+            lobulation = 1.0 + 0.15 * np.sin(3 * np.arctan2(ty, tx) + rng.uniform(0, 6.28))
+            inside = (tx / radii[0]) ** 2 + (ty / radii[1]) ** 2 + (tz / radii[2]) ** 2 < lobulation**2
+            inside &= liver
+            if not inside.any():
+                continue
+            # hypointense with a heterogeneous, slightly darker core and a faint rim
+            depth = np.sqrt((tx / radii[0]) ** 2 + (ty / radii[1]) ** 2 + (tz / radii[2]) ** 2)
+            tumor_int = INTENSITY["tumor"] * (0.8 + 0.25 * np.clip(depth, 0, 1))
+            image[inside] = np.broadcast_to(tumor_int, shape)[inside]
+            label[inside] = TUMOR
+            placed += 1
+
+    # 7. tissue texture (multiplicative, low amplitude), partial-volume blur, bias field, Rician noise
+    texture = 1.0 + 0.04 * _smooth_field(rng, shape, 12)
+    image *= texture
+    sigma_vox = 0.6 * np.array([1.0, 1.0, 1.0]) * (spacing_arr.min() / spacing_arr) + 0.25
+    image = ndimage.gaussian_filter(image, sigma=sigma_vox)
+    bias = np.exp(0.18 * _smooth_field(rng, shape, 3))
+    image *= bias
+    noise_sigma = rng.uniform(0.02, 0.04)
+    n1 = rng.standard_normal(shape, dtype=np.float32) * noise_sigma
+    n2 = rng.standard_normal(shape, dtype=np.float32) * noise_sigma
+    image = np.sqrt((image + n1) ** 2 + n2**2)
+    image = (image * 1000.0).astype(np.float32)  # scanner-like units
+
+    affine = np.diag([*spacing_arr, 1.0])
+    affine[:3, 3] = [float(a[0]) for a in axes]
+    return PhantomCase(image=image, label=label, affine=affine, n_tumors=placed)
+
+
+def case_id(case_index: int) -> str:
+    return f"phantom_{case_index:04d}"
+
+
+def _write_case(args: tuple[Path, int, int, tuple, tuple]) -> tuple[str, int]:
+    out, index, seed, shape, spacing = args
+    case = generate_case(index, seed, shape, spacing)
+    cid = case_id(index)
+    write_nifti(image_path(out, cid), case.image, case.affine)
+    write_nifti(label_path(out, cid), case.label, case.affine, label=True)
+    return cid, case.n_tumors
+
+
+def write_phantom_set(
+    out: Path,
+    cases: int,
+    shape: tuple[int, int, int] = (160, 160, 64),
+    spacing: tuple[float, float, float] = (1.5, 1.5, 3.0),
+    seed: int = 0,
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict[str, int]:
+    """Write ``cases`` phantoms to ``out`` in nnU-Net v2 raw layout; returns case id -> tumor count.
+
+    The folder appears whole or not at all (built under a temporary name, then renamed).
+    """
+    import os
+
+    from foscu.engine.tracking import progress_bar
+    from foscu.runs import atomic_folder
+
+    workers = workers or min(cases, os.cpu_count() or 1)
+    jobs = [(None, i, seed, tuple(shape), tuple(spacing)) for i in range(cases)]
+    tumors: dict[str, int] = {}
+    with atomic_folder(out) as tmp:
+        jobs = [(tmp, *j[1:]) for j in jobs]
+        with progress_bar("phantom", total=cases, enabled=progress) as advance:
+            if workers > 1:
+                with ProcessPoolExecutor(workers) as pool:
+                    for cid, n in pool.map(_write_case, jobs):
+                        tumors[cid] = n
+                        advance()
+            else:
+                for job in jobs:
+                    cid, n = _write_case(job)
+                    tumors[cid] = n
+                    advance()
+        write_dataset_json(
+            tmp,
+            name="FOSCU hepatobiliary-phase phantom",
+            num_training=cases,
+            description="Procedural abdominal MRI (hepatobiliary phase, fat-suppressed T1) with labels",
+            foscu_phantom={"seed": seed, "shape": list(shape), "spacing": list(spacing), "tumors": tumors},
+        )
+    return tumors

@@ -1,0 +1,1 @@
+"""One training engine for every stage: loop, checkpoints, distributed helpers, tracking."""
