@@ -1,0 +1,203 @@
+"""Typed, closed configuration: one pydantic model per stage, presets shipped in the package, ``--set``.
+
+Keys that configure a MONAI network are MONAI's own constructor arguments, passed through unrenamed
+(e.g. ``autoencoder: {channels: [32, 64, 64], latent_channels: 4}`` -> ``AutoencoderKL(spatial_dims=3, **cfg)``);
+MONAI validates them when the network is built. Everything FOSCU itself reads is typed and closed here:
+a typo fails at once, naming the key.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from foscu.errors import InputError
+
+PRESETS = ("tiny", "demo", "paper")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainConfig(Section):
+    """What the one training engine (engine/loop.py) needs for any stage."""
+
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(2, ge=1)
+    steps: int = Field(100, ge=1, description="optimizer steps (an epoch = one pass over the training set)")
+    grad_clip: float | None = Field(1.0, gt=0)
+    amp: Literal["none", "bf16", "fp16"] = "bf16"  # autocast dtype on GPU; CPU always runs fp32
+    ema_decay: float | None = Field(None, gt=0, lt=1)
+    checkpoint_every: int = Field(100, ge=1)
+    val_every: int = Field(50, ge=1)
+    patience: int | None = Field(None, ge=1, description="early stopping: validations without improvement")
+    num_workers: int = Field(0, ge=0)
+
+
+class AutoencoderStage(Section):
+    """label-vae / image-vae: MONAI AutoencoderKL + reconstruction, KL and optional adversarial loss."""
+
+    autoencoder: dict[str, Any]
+    kl_weight: float = Field(1e-7, ge=0)
+    reconstruction: Literal["l1", "l2"] = "l1"
+    adversarial_weight: float = Field(0.0, ge=0)
+    discriminator: dict[str, Any] = Field(default_factory=lambda: {"num_layers_d": 2, "channels": 16})
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+class VQVAEStage(Section):
+    """Table I baseline: MONAI VQVAE."""
+
+    vqvae: dict[str, Any]
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+class SchedulerConfig(Section):
+    """Noise schedule shared by training and every sampler (MONAI DDPM/DDIM/RFlow)."""
+
+    num_train_timesteps: int = Field(1000, ge=2)
+    schedule: Literal["linear_beta", "scaled_linear_beta", "sigmoid_beta", "cosine"] = "scaled_linear_beta"
+    beta_start: float = Field(0.0015, gt=0)
+    beta_end: float = Field(0.0195, gt=0)
+
+
+class DiffusionStage(Section):
+    """label-ldm / image-ldm / vqvae-ldm: MONAI DiffusionModelUNet, epsilon-prediction, L2 (paper eq. 1)."""
+
+    unet: dict[str, Any]
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+class ControlNetStage(Section):
+    """ControlNet on the frozen image LDM (paper eq. 2), conditioned as ``condition`` says."""
+
+    condition: Literal["label_latent", "label_downsampled", "label_fullres"] = "label_latent"
+    conditioning_embedding_num_channels: list[int] = Field(default_factory=lambda: [16, 32])
+    class_weights: dict[str, float] | None = None  # e.g. {tumor: 100}, as MAISI weights small structures
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+class SampleConfig(Section):
+    sampler: Literal["ddpm", "ddim", "rflow"] = "ddim"
+    steps: int = Field(50, ge=1)
+    batch_size: int = Field(4, ge=1)
+
+
+class SegmentationConfig(Section):
+    """Paper II-C: five 3D U-Nets, Dice + (B)CE, AdamW lr 1e-4, early stopping patience 10."""
+
+    archs: list[Literal["unet", "resunet", "wideresunet", "dynunet", "vnet"]] = Field(
+        default_factory=lambda: ["unet", "resunet", "wideresunet", "dynunet", "vnet"]
+    )
+    tasks: list[Literal["binary", "multiclass"]] = Field(default_factory=lambda: ["binary", "multiclass"])
+    channels: list[int] = Field(default_factory=lambda: [16, 32, 64, 128, 256])
+    widen_factor: int = Field(2, ge=1, description="WideResUNet: channels x this factor")
+    patch_size: list[int] | None = None  # None: the whole prepared ROI
+    synthetic_fraction: float = Field(1.0, ge=0, description="synthetic cases per real training case")
+    sw_batch_size: int = Field(2, ge=1)
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(lr=1e-4, weight_decay=1e-5, patience=10))
+
+
+class EvaluationConfig(Section):
+    features: Literal["frd", "inception", "radimagenet"] = "frd"
+    slice_stride: int = Field(1, ge=1)
+    central_fraction: float = Field(1.0, gt=0, le=1)
+
+
+class FoscuConfig(Section):
+    """The whole run's configuration; each stage reads its own section."""
+
+    preset: str = "custom"
+    seed: int = 0
+    label_vae: AutoencoderStage
+    image_vae: AutoencoderStage
+    vqvae: VQVAEStage
+    label_ldm: DiffusionStage
+    image_ldm: DiffusionStage
+    vqvae_ldm: DiffusionStage
+    controlnet: ControlNetStage = Field(default_factory=ControlNetStage)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+    segmentation: SegmentationConfig = Field(default_factory=SegmentationConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> FoscuConfig:
+        if self.sample.sampler == "rflow" and self.label_ldm.scheduler.num_train_timesteps < 2:
+            raise ValueError("rflow sampling needs num_train_timesteps >= 2")
+        return self
+
+
+def _parse_value(text: str) -> Any:
+    """``--set a.b=v``: v is read as YAML, so numbers, lists and booleans keep their type."""
+    return yaml.safe_load(text)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides to a raw config dict; unknown keys fail later in validation."""
+    for item in overrides:
+        if "=" not in item:
+            raise InputError("--set", f"expected key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise InputError("--set", f"{key}: {part} is not a section")
+        node[parts[-1]] = _parse_value(value)
+    return raw
+
+
+def read_raw(source: str) -> dict[str, Any]:
+    """A preset name or a YAML file path -> raw dict."""
+    if source in PRESETS:
+        text = resources.files("foscu.presets").joinpath(f"{source}.yaml").read_text()
+        raw = yaml.safe_load(text)
+        raw.setdefault("preset", source)
+        return raw
+    path = Path(source)
+    if not path.is_file():
+        raise InputError(path, f"no such config file (presets are {', '.join(PRESETS)})")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise InputError(path, f"not valid YAML ({err})") from None
+    if not isinstance(raw, dict):
+        raise InputError(path, "a config file must be a YAML mapping")
+    return raw
+
+
+def load_config(source: str, overrides: list[str] | None = None) -> FoscuConfig:
+    """Load a preset or YAML file, apply ``--set`` overrides, validate; errors name the key."""
+    raw = apply_overrides(read_raw(source), list(overrides or []))
+    try:
+        return FoscuConfig.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InputError(source, f"{where}: {first['msg']}") from None
+
+
+def dump_config(cfg: FoscuConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def provenance(seed: int) -> dict[str, Any]:
+    """Package versions and seed, written beside every resolved config."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for pkg in ("foscu", "torch", "monai", "numpy", "nibabel", "SimpleITK", "pydicom"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = None
+    return {"seed": seed, "python": platform.python_version(), "packages": versions}
