@@ -57,6 +57,40 @@ def phantom(
     typer.echo(f"wrote {len(tumors)} cases ({n_free} tumor-free) to {out}", err=True)
 
 
+@app.command()
+def prepare(
+    raw: Annotated[Path, typer.Argument(help="raw set in nnU-Net v2 layout (phantom, converted DICOM, ...)")],
+    out: Annotated[Path, typer.Argument(help="output folder: the prepared set")],
+    roi: Annotated[tuple[int, int, int], typer.Option("--roi", help="ROI voxels X Y Z")] = (160, 160, 64),
+    center: Annotated[
+        str, typer.Option("--center", help="tumor | liver | CSV of voxel centres (case_id,x,y,z)")
+    ] = "tumor",
+    split: Annotated[
+        tuple[float, float, float], typer.Option("--split", help="train / validation / test fractions")
+    ] = (0.7, 0.1, 0.2),
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    labels: Annotated[str, typer.Option("--labels", help="multiclass | binary (all foreground -> liver)")] = "multiclass",
+    skip_invalid: Annotated[
+        bool, typer.Option("--skip-invalid", help="record invalid cases in preparation.json and go on")
+    ] = False,
+) -> None:
+    """Crop the lesion-centred ROI, scale to [0, 1], map labels, split by patient -> datalist.json."""
+    from foscu.data.prepare import prepare_dataset
+
+    try:
+        if labels not in ("multiclass", "binary"):
+            raise InputError("--labels", f"expected multiclass or binary, got {labels!r}")
+        record = prepare_dataset(raw, out, roi, center, split, seed, labels, skip_invalid)  # type: ignore[arg-type]
+    except InputError as err:
+        _fail(err)
+    counts = record["counts"]
+    typer.echo(
+        f"prepared {sum(counts.values())} cases to {out}: {counts['training']} training, "
+        f"{counts['validation']} validation, {counts['test']} test; {len(record['skipped'])} skipped",
+        err=True,
+    )
+
+
 def main() -> None:
     """Entry point used by ``python -m foscu``."""
     app(prog_name="foscu")
