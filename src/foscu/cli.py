@@ -91,6 +91,22 @@ def prepare(
     )
 
 
+@app.command()
+def view(
+    volume: Annotated[Path, typer.Argument(help="NIfTI image")],
+    out: Annotated[Path, typer.Option("--out", help="PNG to write")],
+    label: Annotated[Path | None, typer.Option("--label", help="label NIfTI to overlay")] = None,
+) -> None:
+    """Axial / coronal / sagittal views through the lesion with a coloured label overlay."""
+    from foscu.viz import save_view
+
+    try:
+        save_view(volume, out, label)
+    except InputError as err:
+        _fail(err)
+    typer.echo(f"wrote {out}", err=True)
+
+
 def main() -> None:
     """Entry point used by ``python -m foscu``."""
     app(prog_name="foscu")
