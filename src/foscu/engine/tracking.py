@@ -31,4 +31,8 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
             info = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
             progress.update(task, advance=n, info=info)
 
-        yield advance
+        try:
+            yield advance
+        except BaseException:
+            progress.live.transient = True  # a failed run leaves only its one-line error, not a stale bar
+            raise
