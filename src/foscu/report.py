@@ -1,0 +1,248 @@
+"""``foscu report RUN``: one self-contained ``report.html`` (images embedded, no network) and ``report.md``.
+
+The report reads only files the experiment wrote (``RUN/evaluation/*.json``, ``RUN/<stage>/metrics.jsonl``,
+``RUN/samples*/``, the prepared set named in ``RUN/experiment.json``); a section whose inputs are missing
+says so instead of showing a placeholder.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from foscu.errors import InputError
+from foscu.runs import atomic_path, write_text_atomic
+
+Table = list[dict[str, Any]]
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
+    return str(value)
+
+
+def table_markdown(rows: Table, columns: list[str] | None = None) -> str:
+    """A list of dicts as a Markdown table."""
+    if not rows:
+        return "_no rows_\n"
+    columns = columns or list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def table_html(rows: Table, columns: list[str] | None = None) -> str:
+    """A list of dicts as an HTML table."""
+    if not rows:
+        return "<p><em>no rows</em></p>"
+    columns = columns or list(rows[0])
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in columns) + "</tr>" for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, facecolor=fig.get_facecolor())
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill: the rest of the log is still good
+    return rows
+
+
+def figure_training_curves(run: Path) -> bytes | None:
+    """Training (and validation) loss per stage from ``RUN/**/metrics.jsonl``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logs = sorted(p for p in run.rglob("metrics.jsonl") if "samples" not in p.parts)
+    if not logs:
+        return None
+    cols = 4
+    rows_n = math.ceil(len(logs) / cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4 * cols, 2.8 * rows_n), squeeze=False)
+    for ax, log in zip(axes.ravel(), logs):
+        records = [r for r in _read_jsonl(log) if "step" in r]
+        for key in ("loss", "val_loss", "val_dice"):
+            pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+            if pts:
+                steps, values = zip(*pts)
+                ax.plot(steps, values, label=key, marker="o" if key.startswith("val") else None, ms=3)
+        ax.set_title(str(log.parent.relative_to(run)), fontsize=8)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    for ax in axes.ravel()[len(logs) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _case_pairs(folder: Path) -> list[tuple[str, Path, Path | None]]:
+    images = sorted((folder / "imagesTr").glob("*_0000.nii.gz"))
+    out = []
+    for img in images:
+        cid = img.name[: -len("_0000.nii.gz")]
+        lab = folder / "labelsTr" / f"{cid}.nii.gz"
+        out.append((cid, img, lab if lab.is_file() else None))
+    return out
+
+
+def figure_views(folder: Path, n: int, title: str) -> list[tuple[str, bytes]]:
+    """Tri-planar views with label overlays of the first ``n`` cases of an nnU-Net folder (paper Fig. 1)."""
+    from foscu.data.nifti import read_nifti
+    from foscu.viz import tri_planar_figure
+
+    figures = []
+    for cid, img, lab in _case_pairs(folder)[:n]:
+        image = read_nifti(img)
+        label = read_nifti(lab, label=True).array if lab else None
+        figures.append((f"{title}: {cid}", _png(tri_planar_figure(image.array, label, image.spacing, f"{title}: {cid}"))))
+    return figures
+
+
+def figure_real_vs_synthetic(real: Path, synthetic: Path) -> bytes | None:
+    """Axial slices of real and synthetic cases, with and without tumor (paper Fig. 4)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from foscu.data.nifti import read_nifti
+    from foscu.labels import TUMOR
+    from foscu.viz import overlay_rgb, view_center
+
+    def pick(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray] | None]:
+        chosen: dict[str, tuple[np.ndarray, np.ndarray] | None] = {"tumor": None, "tumor-free": None}
+        for _, img, lab in _case_pairs(folder):
+            if lab is None:
+                continue
+            label = read_nifti(lab, label=True).array
+            kind = "tumor" if (label == TUMOR).any() else "tumor-free"
+            if chosen[kind] is None:
+                chosen[kind] = (read_nifti(img).array, label)
+        return chosen
+
+    groups = {"real": pick(real), "synthetic": pick(synthetic)}
+    fig, axes = plt.subplots(2, 4, figsize=(12, 6.4), facecolor="black")
+    for col, (source, kind) in enumerate((s, k) for s in groups for k in ("tumor", "tumor-free")):
+        pair = groups[source][kind]
+        for row, overlay in enumerate((False, True)):
+            ax = axes[row, col]
+            ax.axis("off")
+            if pair is None:
+                ax.set_title(f"{source} {kind}: none", color="grey", fontsize=9)
+                continue
+            image, label = pair
+            z = view_center(label, image.shape)[2]
+            rgb = overlay_rgb(np.rot90(image[:, :, z]), np.rot90(label[:, :, z]) if overlay else None)
+            ax.imshow(rgb, interpolation="nearest")
+            ax.set_title(f"{source}, {kind}" + (" + label" if overlay else ""), color="white", fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _load_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def build_report(run: Path) -> tuple[Path, Path]:
+    """Write ``RUN/report.html`` and ``RUN/report.md`` (figures as ``RUN/report_files/*.png``)."""
+    run = Path(run)
+    if not run.is_dir():
+        raise InputError(run, "run folder not found")
+    ev = run / "evaluation"
+    experiment = _load_json(run / "experiment.json") or {}
+    sections: list[tuple[str, str, str]] = []  # (title, markdown, html)
+    figures: list[tuple[str, bytes]] = []
+
+    def add_table(title: str, rows: Table | None, note: str = "") -> None:
+        if rows is None:
+            text = f"not computed in this run ({title})"
+            sections.append((title, f"_{text}_\n", f"<p><em>{html.escape(text)}</em></p>"))
+            return
+        md = (note + "\n\n" if note else "") + table_markdown(rows)
+        sections.append((title, md, (f"<p>{html.escape(note)}</p>" if note else "") + table_html(rows)))
+
+    table1 = _load_json(ev / "table1.json")
+    add_table("Table I: generative quality", table1["rows"] if table1 else None, table1.get("note", "") if table1 else "")
+    table2 = _load_json(ev / "table2.json")
+    add_table("Table II: segmentation Dice, real vs real + synthetic", table2["rows"] if table2 else None,
+              table2.get("note", "") if table2 else "")
+    fidelity = _load_json(ev / "pair_fidelity.json")
+    add_table("Pair fidelity", fidelity["rows"] if fidelity else None, fidelity.get("note", "") if fidelity else "")
+    div = _load_json(ev / "diversity.json")
+    add_table("Diversity (MS-SSIM among samples; lower is more diverse)", div["rows"] if div else None)
+    mem = _load_json(ev / "memorization.json")
+    mem_rows = None
+    if mem:
+        mem_rows = [{"sample": k, **v} for k, v in mem["samples"].items()]
+    add_table("Memorization audit", mem_rows, (mem["method"] + f"; near copies: {mem['near_copies']}") if mem else "")
+    timings = experiment.get("timings")
+    add_table("Wall time per step (s)", [{"step": k, "seconds": v} for k, v in timings.items()] if timings else None)
+
+    curves = figure_training_curves(run)
+    if curves:
+        figures.append(("Training curves", curves))
+    samples = run / "samples"
+    if (samples / "imagesTr").is_dir():
+        figures += figure_views(samples, 3, "synthetic (Duo-Diffusion)")
+        prepared = Path(experiment["data"]) if experiment.get("data") else None
+        if prepared and (prepared / "imagesTr").is_dir():
+            fig4 = figure_real_vs_synthetic(prepared, samples)
+            if fig4:
+                figures.append(("Real vs synthetic, tumor and tumor-free (Fig. 4)", fig4))
+    return _write(run, experiment, sections, figures)
+
+
+def _write(run: Path, experiment: dict, sections, figures) -> tuple[Path, Path]:
+    title = "FOSCU report"
+    subtitle = html.escape(f"run {run.name} · preset {experiment.get('config', '?')} · data {experiment.get('data', '?')}")
+    md = [f"# {title}\n", f"{subtitle}\n"]
+    body = [f"<h1>{title}</h1><p class='sub'>{subtitle}</p>"]
+    for heading, text_md, text_html in sections:
+        md.append(f"## {heading}\n\n{text_md}")
+        body.append(f"<h2>{html.escape(heading)}</h2>{text_html}")
+    files = run / "report_files"
+    files.mkdir(exist_ok=True)
+    for i, (caption, png) in enumerate(figures):
+        name = f"figure_{i:02d}.png"
+        with atomic_path(files / name) as tmp:
+            tmp.write_bytes(png)
+        md.append(f"### {caption}\n\n![{caption}](report_files/{name})\n")
+        data = base64.b64encode(png).decode()
+        body.append(f"<h3>{html.escape(caption)}</h3><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>")
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #bbb;padding:4px 8px;"
+        "text-align:right}th{background:#eee}img{max-width:100%;border:1px solid #ddd}.sub{color:#666}"
+    )
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style>"
+            f"</head><body>{''.join(body)}</body></html>")
+    write_text_atomic(run / "report.html", page)
+    write_text_atomic(run / "report.md", "\n".join(md))
+    return run / "report.html", run / "report.md"
