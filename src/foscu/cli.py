@@ -21,6 +21,12 @@ app = typer.Typer(
 )
 
 
+seg_app = typer.Typer(no_args_is_help=True, help="3D U-Net segmentation: train and predict.")
+evaluate_app = typer.Typer(no_args_is_help=True, help="Evaluate: segmentation Dice/HD95, 2.5D FID.")
+app.add_typer(seg_app, name="seg")
+app.add_typer(evaluate_app, name="evaluate")
+
+
 @app.callback()
 def _root() -> None:
     """FOSCU: synthetic hepatic MRI + labels via Duo-Diffusion, and whether they help 3D U-Nets."""
