@@ -113,6 +113,29 @@ def view(
     typer.echo(f"wrote {out}", err=True)
 
 
+@app.command()
+def convert(
+    dicom_root: Annotated[Path, typer.Argument(help="folder tree of DICOM files (any names, any depth)")],
+    out: Annotated[Path, typer.Argument(help="output folder: nnU-Net v2 raw layout + conversion.json")],
+    series: Annotated[
+        str | None, typer.Option("--series", help="keep series whose SeriesDescription matches (regex)")
+    ] = None,
+) -> None:
+    """DICOM series -> one NIfTI each (anonymous case ids) + conversion.json; faulty series are refused."""
+    from foscu.data.dicom import convert_dicom
+
+    try:
+        record = convert_dicom(dicom_root, out, series)
+    except InputError as err:
+        _fail(err)
+    typer.echo(
+        f"converted {len(record['series'])} series to {out}; {len(record['refused'])} refused, "
+        f"{len(record['not_selected'])} not selected, {len(record['skipped_files'])} files skipped "
+        "(see conversion.json)",
+        err=True,
+    )
+
+
 def main() -> None:
     """Entry point used by ``python -m foscu``."""
     app(prog_name="foscu")
