@@ -136,6 +136,29 @@ def convert(
     )
 
 
+@evaluate_app.command("seg")
+def evaluate_seg_command(
+    pred: Annotated[Path, typer.Option("--pred", help="predicted labels: folder of <case>.nii.gz")],
+    gt: Annotated[Path, typer.Option("--gt", help="ground truth: folder of <case>.nii.gz or nnU-Net set root")],
+    task: Annotated[str, typer.Option("--task", help="binary (liver-only) | multiclass")],
+    out: Annotated[Path, typer.Option("--out", help="JSON to write")] = Path("metrics.json"),
+    empty: Annotated[
+        str, typer.Option("--empty", help="empty-class rule: nnunet (default; FP on absent class = 0) | monai")
+    ] = "nnunet",
+) -> None:
+    """Dice and HD95 per case and class, class means, false-positive tumor volume -> metrics.json."""
+    from foscu.evaluation.segmentation_metrics import evaluate_segmentation
+
+    try:
+        if task not in ("binary", "multiclass"):
+            raise InputError("--task", f"expected binary or multiclass, got {task!r}")
+        result = evaluate_segmentation(pred, gt, task, out, empty)  # type: ignore[arg-type]
+    except InputError as err:
+        _fail(err)
+    typer.echo(f"foreground mean Dice {result['foreground_mean']['dice']} over {result['n_cases']} cases; "
+               f"wrote {out}", err=True)
+
+
 def main() -> None:
     """Entry point used by ``python -m foscu``."""
     app(prog_name="foscu")
