@@ -195,6 +195,21 @@ def test_layout_and_record(mixed_folder, converted):
     assert by_uid[mixed_folder["uids"]["axial"]]["description"] == "T1 HBP 20min"
 
 
+def test_prepare_takes_the_converted_set_once_labels_are_added(converted, tmp_path):
+    from foscu.data.nifti import write_nifti
+    from foscu.data.prepare import prepare_dataset
+
+    out, record = converted
+    raw = shutil.copytree(out, tmp_path / "raw")
+    for entry in record["series"]:
+        image = nib.load(raw / entry["output"])
+        liver = np.zeros(image.shape, np.uint8)
+        liver[2:6, 3:8, 1:4] = 1
+        write_nifti(raw / "labelsTr" / f"{entry['case_id']}.nii.gz", liver, image.affine, label=True)
+    prepared = prepare_dataset(raw, tmp_path / "prepared", (4, 4, 2), "liver", (1, 1, 1), progress=False)
+    assert sorted(prepared["cases"]) == ["FOSCU_0000", "FOSCU_0001", "FOSCU_0002"]
+
+
 def test_no_patient_identifiers_anywhere(mixed_folder, converted, tmp_path):
     out, record = converted
     text = (out / "conversion.json").read_text().lower() + (out / "dataset.json").read_text().lower()
@@ -270,6 +285,10 @@ def test_faulty_series_are_refused_with_reasons(tmp_path):
     assert set(refused) == set(uids.values())
     for reason, uid in uids.items():
         assert reason in refused[uid] and f"series {uid}" in refused[uid]
+    shutil.rmtree(root / "good")  # nothing left to convert: one error naming the folder, no output
+    with pytest.raises(InputError, match=r"no series converted: series .*; and 4 more$") as err:
+        convert_dicom(root, tmp_path / "out2", progress=False)
+    assert err.value.path == str(root) and not (tmp_path / "out2").exists()
 
 
 def test_missing_or_empty_folder(tmp_path):

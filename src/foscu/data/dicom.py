@@ -329,7 +329,8 @@ def convert_dicom(
             advance()
         if not converted:
             reasons = [r["reason"] for r in refused] or [f"no SeriesDescription matches {series_regex!r}"]
-            raise InputError(root, "no series converted: " + "; ".join(reasons))
+            more = f"; and {len(reasons) - 3} more" if len(reasons) > 3 else ""
+            raise InputError(root, "no series converted: " + "; ".join(reasons[:3]) + more)
         record = {
             "dicom_root": _redact(str(root.resolve()), identifiers),
             "series_filter": series_regex,
