@@ -72,6 +72,8 @@ class DiffusionStage(Section):
 
     unet: dict[str, Any]
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    # epsilon: the paper's eq. 1 (sampled with ddpm or ddim); rflow: rectified flow (velocity), sampled with rflow
+    objective: Literal["epsilon", "rflow"] = "epsilon"
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 

@@ -62,3 +62,34 @@ def atomic_folder(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+class RunFolder:
+    """Every path inside a run folder (DESIGN.md: 'A run folder'); stages find each other only through it."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def stage(self, name: str) -> Path:
+        return self.root / name
+
+    def model(self, name: str) -> Path:
+        return self.root / name / "model.safetensors"
+
+    def is_trained(self, name: str) -> bool:
+        """A stage is done when its training finished (metrics.json) and its model file exists."""
+        return (self.root / name / "metrics.json").is_file() and self.model(name).is_file()
+
+    def latents(self, kind: str) -> Path:
+        return self.root / "latents" / f"{kind}.safetensors"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.root / "evaluation"
+
+    def seg(self, arch: str, task: str, data: str) -> Path:
+        return self.root / "seg" / f"{arch}-{task}-{data}"

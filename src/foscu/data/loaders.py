@@ -1,0 +1,96 @@
+"""Prepared set -> in-memory tensors and the datasets the engine trains on.
+
+Every dataset takes ``(index, item_seed)`` keys (see engine/loop.py): whatever is random in an item is drawn
+from ``item_seed``, so a resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from foscu.data.nifti import read_nifti
+from foscu.data.prepare import PreparedSet
+
+
+@dataclass
+class SplitVolumes:
+    """One split of a prepared set in memory: images (N, 1, X, Y, Z) float32 in [0, 1], labels (N, X, Y, Z)."""
+
+    case_ids: list[str]
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+
+def load_split(prepared: PreparedSet, split: str) -> SplitVolumes:
+    """Read every case of ``split`` (training, validation or test) through the one NIfTI reader."""
+    entries = prepared.datalist.get(split, [])
+    images = [read_nifti(e["image"]).array for e in entries]
+    labels = [read_nifti(e["label"], label=True).array for e in entries]
+    if not entries:
+        shape = tuple(prepared.roi)
+        return SplitVolumes([], torch.zeros((0, 1, *shape)), torch.zeros((0, *shape), dtype=torch.uint8))
+    return SplitVolumes(
+        [e["case_id"] for e in entries],
+        torch.from_numpy(np.stack(images)[:, None].astype(np.float32)),
+        torch.from_numpy(np.stack(labels).astype(np.uint8)),
+    )
+
+
+def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(N, X, Y, Z) integer labels -> (N, C, X, Y, Z) float one-hot."""
+    return F.one_hot(labels.long(), num_classes).movedim(-1, 1).float()
+
+
+class VolumeSet(Dataset):
+    """Whole prepared volumes for the autoencoders: ``image`` (1, X, Y, Z) and ``label_onehot`` (C, X, Y, Z)."""
+
+    def __init__(self, volumes: SplitVolumes, num_classes: int) -> None:
+        self.volumes, self.num_classes = volumes, num_classes
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        index = key[0]
+        label = self.volumes.labels[index]
+        return {
+            "image": self.volumes.images[index],
+            "label_onehot": one_hot(label[None], self.num_classes)[0],
+        }
+
+
+class LatentSet(Dataset):
+    """Cached latents: ``latent`` = scale * (mean + sigma * eps), eps drawn from the item seed.
+
+    Resampling z every step is exactly the objective of re-encoding every batch through the frozen VAE,
+    without paying for the encoder. ``extras`` are per-case tensors passed through (e.g. the condition).
+    """
+
+    def __init__(
+        self,
+        mean: torch.Tensor,
+        sigma: torch.Tensor,
+        scale: float,
+        extras: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        self.mean, self.sigma, self.scale = mean, sigma, scale
+        self.extras = extras or {}
+
+    def __len__(self) -> int:
+        return len(self.mean)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, item_seed = key
+        generator = torch.Generator(device=self.mean.device).manual_seed(item_seed)
+        eps = torch.randn(self.mean[index].shape, generator=generator, device=self.mean.device)
+        item = {"latent": self.scale * (self.mean[index] + self.sigma[index] * eps)}
+        item.update({k: v[index] for k, v in self.extras.items()})
+        return item

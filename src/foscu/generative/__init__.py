@@ -1,0 +1,1 @@
+"""Duo-Diffusion: label LDM, image LDM + ControlNet, and the Table I baselines (MONAI generative nets)."""
