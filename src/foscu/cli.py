@@ -136,6 +136,81 @@ def convert(
     )
 
 
+@evaluate_app.command("fid")
+def evaluate_fid_command(
+    real: Annotated[Path, typer.Option("--real", help="real volumes: nnU-Net layout or folder of .nii.gz")],
+    fake: Annotated[Path, typer.Option("--fake", help="synthetic volumes, same shape as the real ones")],
+    out: Annotated[Path, typer.Option("--out", help="JSON to write")] = Path("fid.json"),
+    features: Annotated[
+        str, typer.Option("--features", help="frd (radiomics-style, no download) | inception | radimagenet")
+    ] = "frd",
+    weights: Annotated[Path | None, typer.Option("--weights", help="network weight file")] = None,
+    slice_stride: Annotated[int, typer.Option("--slice-stride", help="keep every k-th slice")] = 1,
+    central_fraction: Annotated[
+        float, typer.Option("--central-fraction", help="keep this central fraction of slices per axis")
+    ] = 1.0,
+    download: Annotated[
+        bool, typer.Option("--download", help="fetch the inception weights (hash-checked) if absent")
+    ] = False,
+) -> None:
+    """2.5D Fréchet distances per plane (axial, coronal, sagittal) and their mean: FRD by default, or FID."""
+    from foscu.evaluation.fid import evaluate_fid
+
+    try:
+        result = evaluate_fid(real, fake, features, slice_stride, central_fraction, weights, out, download)
+    except InputError as err:
+        _fail(err)
+    typer.echo(f"{result['metric']} mean {result['mean']:.4g} ({features}); wrote {out}", err=True)
+
+
+@seg_app.command("train")
+def seg_train_command(
+    arch: Annotated[str, typer.Option("--arch", help="unet | resunet | wideresunet | dynunet | vnet")],
+    task: Annotated[str, typer.Option("--task", help="binary (liver-only) | multiclass")],
+    data: Annotated[Path, typer.Option("--data", help="prepared set (foscu prepare)")],
+    run: Annotated[Path, typer.Option("--run", help="run folder; writes RUN/seg/<arch>-<task>-<data>/")],
+    config: Annotated[str, typer.Option("--config", help="preset (tiny, demo, paper) or YAML file")] = "demo",
+    synthetic: Annotated[
+        list[Path] | None, typer.Option("--synthetic", help="synthetic set (nnU-Net layout), repeatable")
+    ] = None,
+    synthetic_fraction: Annotated[
+        float | None, typer.Option("--synthetic-fraction", help="synthetic cases per real training case")
+    ] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="config override key=value")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue a stopped run")] = False,
+) -> None:
+    """Train a 3D U-Net (Dice + BCE / CE, AdamW, early stopping on validation Dice) on real [+ synthetic]."""
+    from foscu.config import load_config
+    from foscu.segmentation.train import train_segmenter
+
+    try:
+        if task not in ("binary", "multiclass"):
+            raise InputError("--task", f"expected binary or multiclass, got {task!r}")
+        cfg = load_config(config, overrides)
+        folder, result = train_segmenter(
+            arch, task, cfg, data, run, synthetic, synthetic_fraction, resume  # type: ignore[arg-type]
+        )
+    except InputError as err:
+        _fail(err)
+    typer.echo(f"trained {result.steps} steps, best {result.best}; wrote {folder}", err=True)
+
+
+@seg_app.command("predict")
+def seg_predict_command(
+    run: Annotated[Path, typer.Option("--run", help="segmentation run folder (RUN/seg/<name>) or RUN with one")],
+    images: Annotated[Path, typer.Option("--images", help="folder of <case>_0000.nii.gz or nnU-Net set root")],
+    out: Annotated[Path, typer.Option("--out", help="output folder: <case>.nii.gz label volumes")],
+) -> None:
+    """Sliding-window prediction: one label NIfTI per image, on the image's grid and affine."""
+    from foscu.segmentation.predict import predict_folder
+
+    try:
+        written = predict_folder(run, images, out)
+    except InputError as err:
+        _fail(err)
+    typer.echo(f"predicted {len(written)} cases to {out}", err=True)
+
+
 @evaluate_app.command("seg")
 def evaluate_seg_command(
     pred: Annotated[Path, typer.Option("--pred", help="predicted labels: folder of <case>.nii.gz")],

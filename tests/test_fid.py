@@ -1,0 +1,249 @@
+"""2.5D Fréchet distances: the distance itself, FRD features, the feature networks' weights, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+from scipy import ndimage
+from typer.testing import CliRunner
+
+from foscu.cli import app
+from foscu.errors import InputError
+from foscu.evaluation.fid import fid_25d, frechet_distance, plane_slices
+
+
+def scipy_frechet(a: np.ndarray, b: np.ndarray, eps: float) -> float:
+    """Independent reference: pytorch-fid's route, sqrtm of the covariance product with an eps offset."""
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    offset = np.eye(len(cov_a)) * eps
+    covmean = scipy.linalg.sqrtm((cov_a + offset) @ (cov_b + offset)).real
+    diff = a.mean(0) - b.mean(0)
+    return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
+
+
+def test_frechet_distance_one_dimensional_by_hand() -> None:
+    # a = {0, 2}: mean 1, variance 2; b = {1, 5}: mean 3, variance 8.
+    # d^2 = (1 - 3)^2 + 2 + 8 - 2 * sqrt(2 * 8) = 4 + 10 - 8 = 6
+    assert frechet_distance(np.array([[0.0], [2.0]]), np.array([[1.0], [5.0]])) == pytest.approx(
+        6.0, abs=1e-12
+    )
+
+
+def test_frechet_distance_matches_scipy_full_rank() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(300, 6))
+    b = rng.normal(size=(250, 6)) @ rng.normal(size=(6, 6)) + 0.5
+    assert frechet_distance(a, b) == pytest.approx(scipy_frechet(a, b, eps=0.0), rel=1e-8)
+
+
+def test_frechet_distance_matches_scipy_rank_deficient() -> None:
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(20, 64))  # n < d: both covariances singular
+    b = rng.normal(size=(30, 64)) + 0.2
+    assert frechet_distance(a, b) == pytest.approx(scipy_frechet(a, b, eps=1e-10), rel=1e-5)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_frechet_distance_of_a_shift_is_its_squared_length() -> None:
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=(40, 5))
+    shift = np.array([1.0, -2.0, 0.0, 0.5, 0.0])  # |shift|^2 = 1 + 4 + 0.25 = 5.25
+    assert frechet_distance(a, a + shift) == pytest.approx(5.25, rel=1e-9)
+
+
+def test_frechet_distance_refuses_mismatched_features() -> None:
+    with pytest.raises(ValueError, match="same d"):
+        frechet_distance(np.zeros((5, 3)), np.zeros((5, 4)))
+
+
+@pytest.fixture(scope="module")
+def tiny_volumes() -> list[np.ndarray]:
+    """Three 32 x 32 x 16 phantom images scaled to [0, 1]."""
+    from foscu.data.phantom import generate_case
+
+    volumes = [generate_case(i, seed=5, shape=(32, 32, 16), spacing=(7.5, 7.5, 12.0)).image for i in range(3)]
+    return [(v - v.min()) / (v.max() - v.min()) for v in volumes]
+
+
+def test_plane_slices_orientation_centre_and_stride() -> None:
+    volume = np.arange(8 * 6 * 4, dtype=np.float32).reshape(8, 6, 4)  # (X, Y, Z)
+    axial = plane_slices(volume, "axial")
+    assert axial.shape == (4, 8, 6) and np.array_equal(axial[3], volume[:, :, 3])
+    sagittal = plane_slices(volume, "sagittal", slice_stride=2, central_fraction=0.5)
+    # X = 8, fraction 0.5 -> slices int(0.25 * 8) = 2 .. int(0.75 * 8) = 6, every 2nd -> x = 2, 4
+    assert sagittal.shape == (2, 6, 4) and np.array_equal(sagittal[1], volume[4])
+    coronal = plane_slices(volume, "coronal", central_fraction=0.1)  # rounds to nothing: keep the middle one
+    assert coronal.shape == (1, 8, 4) and np.array_equal(coronal[0], volume[:, 2, :])
+
+
+def test_frd_identical_sets_give_zero_and_per_plane_counts(tiny_volumes: list[np.ndarray]) -> None:
+    result = fid_25d(tiny_volumes, tiny_volumes, slice_stride=2, central_fraction=0.5)
+    assert result["metric"] == "FRD" and result["features"] == "frd" and "Not an FID" in result["note"]
+    for plane in ("axial", "coronal", "sagittal", "mean"):
+        assert result[plane] == pytest.approx(0.0, abs=1e-8)
+    # Z = 16 at 0.5 -> slices 4..12 step 2 = 4 a volume; X, Y = 32 -> 8..24 step 2 = 8 a volume; 3 volumes
+    assert result["slices_per_plane"] == {
+        "axial": {"real": 12, "fake": 12},
+        "coronal": {"real": 24, "fake": 24},
+        "sagittal": {"real": 24, "fake": 24},
+    }
+    assert result["n_real"] == result["n_fake"] == 3
+
+
+def test_frd_grows_with_degradation(tiny_volumes: list[np.ndarray]) -> None:
+    rng = np.random.default_rng(0)
+
+    def noisy(level: float) -> list[np.ndarray]:
+        return [np.clip(v + rng.normal(0, level, v.shape), 0, 1).astype(np.float32) for v in tiny_volumes]
+
+    reference = noisy(0.02)
+    same_level = fid_25d(reference, noisy(0.02))["mean"]  # fresh noise, same level
+    noisier = fid_25d(reference, noisy(0.05))["mean"]
+    much_noisier = fid_25d(reference, noisy(0.15))["mean"]
+    blurred = fid_25d(reference, [ndimage.gaussian_filter(v, 1.0) for v in reference])["mean"]
+    assert same_level < noisier < much_noisier
+    assert 5 * same_level < blurred
+
+
+def test_fid_25d_scales_volumes_outside_unit_range(tiny_volumes: list[np.ndarray]) -> None:
+    scaled = [300.0 * v + 20.0 for v in tiny_volumes]  # min-max brings these back to the originals
+    assert fid_25d(tiny_volumes, scaled, central_fraction=0.5)["mean"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_fid_25d_refuses_bad_settings_and_shapes(tiny_volumes: list[np.ndarray]) -> None:
+    with pytest.raises(InputError, match="central-fraction"):
+        fid_25d(tiny_volumes, tiny_volumes, central_fraction=0.0)
+    with pytest.raises(InputError, match="frd uses no network weights"):
+        fid_25d(tiny_volumes, tiny_volumes, weights=Path("x.pth"))
+    with pytest.raises(InputError, match="^fake: volume 0 has shape"):
+        fid_25d(tiny_volumes, [tiny_volumes[0][:, :, :8]])
+
+
+def _random_weights(name: str, path: Path) -> Path:
+    import torch
+
+    from foscu.evaluation.feature_nets import NETWORKS
+
+    torch.manual_seed(0)
+    torch.save(NETWORKS[name][0]().state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "n_params", "key", "shape"),
+    [  # parameter counts worked out by hand from the published layouts (see the test docstring)
+        ("inception", 23_850_960, "Mixed_7c.branch3x3dbl_3b.conv.weight", (384, 384, 3, 1)),
+        ("radimagenet", 23_534_592, "layer4.0.downsample.0.bias", (2048,)),
+    ],
+)
+def test_feature_net_loads_weights_file_and_gives_2048_features(
+    tmp_path: Path, name: str, n_params: int, key: str, shape: tuple
+) -> None:
+    """Inception-v3 without aux head: torchvision's 27,161,264 minus the aux head 3,326,696, plus 8 classes
+    x 2049 for the 1008-class fc. RadImageNet: ResNet-50 without fc (23,508,032) plus 26,560 conv biases."""
+    import torch
+
+    from foscu.evaluation.feature_nets import load_feature_net
+
+    net, used = load_feature_net(name, _random_weights(name, tmp_path / "w.pth"))
+    assert used == tmp_path / "w.pth"
+    assert sum(p.numel() for p in net.parameters()) == n_params
+    assert tuple(net.state_dict()[key].shape) == shape
+    with torch.inference_mode():
+        features = net(torch.rand(2, 1, 32, 16))
+    assert features.shape == (2, 2048) and torch.isfinite(features).all()
+
+
+def test_missing_weights_say_which_file_goes_where(tmp_path: Path) -> None:
+    import torch
+
+    from foscu.evaluation.feature_nets import INCEPTION_URL, load_feature_net
+
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        with pytest.raises(InputError) as caught:
+            load_feature_net("inception")
+    finally:
+        torch.hub.set_dir(previous)
+    message = str(caught.value)
+    expected = tmp_path / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
+    assert message.startswith(f"{expected}: inception weights not found") and INCEPTION_URL in message
+    assert "\n" not in message
+    with pytest.raises(InputError, match="RadImageNet-ResNet50_notop.pth"):
+        load_feature_net("radimagenet", tmp_path / "absent.pth")
+
+
+def test_weights_of_the_wrong_network_are_refused(tmp_path: Path) -> None:
+    from foscu.evaluation.feature_nets import load_feature_net
+
+    wrong = _random_weights("radimagenet", tmp_path / "resnet.pth")
+    with pytest.raises(InputError, match="does not fit the inception network: missing"):
+        load_feature_net("inception", wrong)
+
+
+def test_fid_25d_with_a_network_is_labelled_fid(tmp_path: Path, tiny_volumes: list[np.ndarray]) -> None:
+    weights = _random_weights("radimagenet", tmp_path / "resnet.pth")
+    pair = tiny_volumes[:2]
+    result = fid_25d(pair, pair[::-1], "radimagenet", slice_stride=8, central_fraction=0.25, weights=weights)
+    assert (
+        result["metric"] == "FID"
+        and result["weights"] == str(weights)
+        and len(result["weights_sha256"]) == 64
+    )
+    assert result["mean"] == pytest.approx(0.0, abs=1e-3)  # same volumes in another order: same slice set
+
+
+def _write_volumes(folder: Path, volumes: list[np.ndarray]) -> Path:
+    from foscu.data.layout import image_path
+    from foscu.data.nifti import write_nifti
+
+    for index, volume in enumerate(volumes):
+        write_nifti(image_path(folder, f"case_{index:03d}"), volume, np.diag([7.5, 7.5, 12.0, 1.0]))
+    return folder
+
+
+def test_cli_evaluate_fid(tmp_path: Path, tiny_volumes: list[np.ndarray]) -> None:
+    real = _write_volumes(tmp_path / "real", tiny_volumes[:2])
+    fake = _write_volumes(tmp_path / "fake", [ndimage.gaussian_filter(v, 1.0) for v in tiny_volumes[:2]])
+    out = tmp_path / "fid.json"
+    args = [
+        "evaluate",
+        "fid",
+        "--real",
+        str(real),
+        "--fake",
+        str(fake),
+        "--out",
+        str(out),
+        "--slice-stride",
+        "2",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    saved = json.loads(out.read_text())
+    assert saved["metric"] == "FRD" and saved["real"] == str(real) and saved["mean"] > 0
+    assert saved["mean"] == pytest.approx(np.mean([saved[p] for p in ("axial", "coronal", "sagittal")]))
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out_2 = tmp_path / "fid_2.json"
+    result = CliRunner().invoke(
+        app, ["evaluate", "fid", "--real", str(real), "--fake", str(empty), "--out", str(out_2)]
+    )
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {empty}: no images (expected imagesTr/<case>_0000.nii.gz or *.nii.gz)"
+    ]
+    assert not out_2.exists()
+
+    small = _write_volumes(tmp_path / "small", [v[:, :, :8] for v in tiny_volumes[:2]])
+    result = CliRunner().invoke(
+        app, ["evaluate", "fid", "--real", str(real), "--fake", str(small), "--out", str(out_2)]
+    )
+    assert result.exit_code == 2 and result.stderr.startswith(f"error: {small}: volumes have shape")
+    assert not out_2.exists()
