@@ -18,3 +18,31 @@ def tiny_phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("phantom") / "raw"
     write_phantom_set(out, 6, TINY_SHAPE, TINY_SPACING, seed=3, workers=1, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tiny_phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny phantom prepared at its full 32 x 32 x 16 grid, split 4/1/1 (shared, read-only)."""
+    from foscu.data.prepare import prepare_dataset
+
+    out = tmp_path_factory.mktemp("prepared") / "prepared"
+    prepare_dataset(
+        tiny_phantom, out, roi=TINY_SHAPE, center="tumor", split=(0.6, 0.2, 0.2), seed=0, progress=False
+    )
+    return out
+
+
+TINY_STAGES = ("label-vae", "image-vae", "vqvae", "label-ldm", "image-ldm", "vqvae-ldm", "controlnet")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every generative stage trained a few steps at the tiny preset (shared, read-only)."""
+    from foscu.config import load_config
+    from foscu.generative.stages import train_stage
+
+    run = tmp_path_factory.mktemp("run") / "run"
+    cfg = load_config("tiny")
+    for stage in TINY_STAGES:
+        train_stage(stage, cfg, tiny_prepared, run, progress=False)
+    return run

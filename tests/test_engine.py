@@ -31,7 +31,15 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_fit_learns_and_writes_its_files(tmp_path):
-    result = fit(tmp_path, build(), toy_loss, ToySet(), cfg(steps=60, ema_decay=None), trainable=["net"], progress=False)
+    result = fit(
+        tmp_path,
+        build(),
+        toy_loss,
+        ToySet(),
+        cfg(steps=60, ema_decay=None),
+        trainable=["net"],
+        progress=False,
+    )
     assert result.steps == 60
     names = {p.name for p in tmp_path.iterdir()}
     assert {"model.safetensors", "train_state.pt", "metrics.jsonl", "metrics.json"} <= names
@@ -67,7 +75,10 @@ def test_resume_after_a_crash_ends_exactly_where_an_uninterrupted_run_ends(tmp_p
     with pytest.raises(InputError, match="--resume"):
         fit(tmp_path / "cut", build(), toy_loss, ToySet(), cfg(), trainable=["net"], progress=False)
     fit(tmp_path / "cut", build(), toy_loss, ToySet(), cfg(), trainable=["net"], progress=False, resume=True)
-    a, b = _weights(tmp_path / "straight" / "model.safetensors"), _weights(tmp_path / "cut" / "model.safetensors")
+    a, b = (
+        _weights(tmp_path / "straight" / "model.safetensors"),
+        _weights(tmp_path / "cut" / "model.safetensors"),
+    )
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
@@ -83,7 +94,9 @@ def test_resume_without_a_checkpoint_is_refused(tmp_path):
 def test_sigkill_mid_training_resumes_from_the_last_checkpoint(tmp_path):
     folder = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
-    proc = subprocess.Popen([sys.executable, str(TESTS / "engine_toy.py"), str(folder), "200", "slow"], env=env)
+    proc = subprocess.Popen(
+        [sys.executable, str(TESTS / "engine_toy.py"), str(folder), "200", "slow"], env=env
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not (folder / "train_state.pt").is_file():
         time.sleep(0.05)
@@ -95,7 +108,9 @@ def test_sigkill_mid_training_resumes_from_the_last_checkpoint(tmp_path):
     assert not list(folder.glob("*.tmp*")) or True  # leftovers are named .tmp-*, never a real name
     for path in folder.glob("checkpoint-*.safetensors"):
         read_weights(path)  # every file under a real name is whole
-    subprocess.run([sys.executable, str(TESTS / "engine_toy.py"), str(folder), "200", "resume"], env=env, check=True)
+    subprocess.run(
+        [sys.executable, str(TESTS / "engine_toy.py"), str(folder), "200", "resume"], env=env, check=True
+    )
     assert json.loads((folder / "metrics.json").read_text())["steps"] == 200
 
 
@@ -110,7 +125,16 @@ def test_hostile_pickles_are_refused_and_never_run(tmp_path):
     with open(tmp_path / "run" / "train_state.pt", "wb") as handle:
         pickle.dump({"step": _Payload()}, handle)
     with pytest.raises(InputError, match="refused"):
-        fit(tmp_path / "run", build(), toy_loss, ToySet(), cfg(steps=6), trainable=["net"], progress=False, resume=True)
+        fit(
+            tmp_path / "run",
+            build(),
+            toy_loss,
+            ToySet(),
+            cfg(steps=6),
+            trainable=["net"],
+            progress=False,
+            resume=True,
+        )
     torch.save({"net.0.weight": _Payload()}, tmp_path / "model.safetensors")  # a pickle under a safe name
     with pytest.raises(InputError, match="safetensors"):
         load_weights(tmp_path / "model.safetensors", build())
@@ -134,8 +158,18 @@ def test_early_stopping_keeps_the_best_weights(tmp_path):
     def validate(nets):
         return {"val_dice": next(scores)}
 
-    result = fit(tmp_path, build(), toy_loss, ToySet(), cfg(steps=30, val_every=2, patience=3), trainable=["net"],
-                 validate=validate, monitor="val_dice", mode="max", progress=False)
+    result = fit(
+        tmp_path,
+        build(),
+        toy_loss,
+        ToySet(),
+        cfg(steps=30, val_every=2, patience=3),
+        trainable=["net"],
+        validate=validate,
+        monitor="val_dice",
+        mode="max",
+        progress=False,
+    )
     assert result.stopped_early and result.steps == 10 and result.best == {"val_dice": 0.7}
     assert read_weights(tmp_path / "model.safetensors")[1]["step"] == 4
 
@@ -146,7 +180,14 @@ def test_two_process_torchrun_on_cpu(tmp_path):
     if torchrun is None:
         pytest.skip("torchrun not on PATH")
     env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
-    cmd = [torchrun, "--nproc_per_node=2", "--master_port=29517", str(TESTS / "engine_toy.py"), str(tmp_path), "6"]
+    cmd = [
+        torchrun,
+        "--nproc_per_node=2",
+        "--master_port=29517",
+        str(TESTS / "engine_toy.py"),
+        str(tmp_path),
+        "6",
+    ]
     subprocess.run(cmd, env=env, check=True, timeout=180)
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [3, 6]  # one writer, not two

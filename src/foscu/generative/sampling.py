@@ -1,0 +1,302 @@
+"""Paired sampling (paper Fig. 2): label latent -> discrete label -> condition -> image, in nnU-Net layout.
+
+Sample i draws its noise from generators seeded by (seed, i) alone, so it is the same sample whatever the
+batch size or the number of GPUs; under torchrun the N samples are split across ranks, each written once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from foscu.config import SchedulerConfig
+from foscu.engine import distributed
+from foscu.engine.loop import _mix
+from foscu.errors import InputError
+from foscu.generative import autoencoders, controlnet, diffusion
+from foscu.generative.schedulers import sampling_scheduler
+from foscu.runs import RunFolder, write_json_atomic
+
+MODELS = ("duo", "image-ldm", "vqvae-ldm")
+
+
+@dataclass
+class LatentModel:
+    """A trained LDM with what sampling needs: its UNet, scheduler settings, scale factor and decoder."""
+
+    unet: nn.Module
+    scheduler: SchedulerConfig
+    objective: str
+    scale: float
+    latent_shape: tuple[int, ...]
+    autoencoder: nn.Module
+
+
+@dataclass
+class Pipeline:
+    image: LatentModel
+    label: LatentModel | None = None
+    controlnet: nn.Module | None = None
+    condition: str | None = None
+    roi: tuple[int, int, int] = (0, 0, 0)
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    labels: dict[str, int] = field(default_factory=dict)
+
+
+def _latent_model(run: RunFolder, ldm: str, device: torch.device) -> LatentModel:
+    from foscu.generative.stages import load_stage
+
+    nets, meta, info = load_stage(run, ldm)
+    vae, _, _ = load_stage(run, info["encoder"])
+    return LatentModel(
+        nets["unet"].to(device),
+        SchedulerConfig.model_validate(info["scheduler"]),
+        info["objective"],
+        float(meta["scale_factor"]),
+        (info["latent_channels"], *info["latent_shape"]),
+        vae["autoencoder"].to(device),
+    )
+
+
+def load_pipeline(run_root: Path, model: str = "duo", controlnet_folder: str = "controlnet") -> Pipeline:
+    """Every network ``model`` needs, from the run's stage folders (their own config.yaml + weights)."""
+    from foscu.generative.stages import load_stage, read_stage_info
+
+    if model not in MODELS:
+        raise InputError("--model", f"unknown model {model!r}; choose from {', '.join(MODELS)}")
+    run, device = RunFolder(run_root), distributed.current().device
+    ldm = "vqvae-ldm" if model == "vqvae-ldm" else "image-ldm"
+    image = _latent_model(run, ldm, device)
+    info = read_stage_info(run, ldm)
+    pipe = Pipeline(image, roi=tuple(info["roi"]), spacing=tuple(info["spacing"]), labels=info["labels"])
+    if model == "duo":
+        pipe.label = _latent_model(run, "label-ldm", device)
+        nets, meta, cn_info = load_stage(run, controlnet_folder)
+        pipe.controlnet, pipe.condition = nets["controlnet"].to(device), cn_info["condition"]
+    return pipe
+
+
+@torch.no_grad()
+def denoise(
+    model: LatentModel,
+    noise: torch.Tensor,
+    sampler: str,
+    steps: int,
+    generators: list[torch.Generator],
+    control: nn.Module | None = None,
+    condition: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Run the reverse process from z_T = noise to z_0 (scaled latent space)."""
+    scheduler = sampling_scheduler(model.scheduler, model.objective, sampler)  # type: ignore[arg-type]
+    if sampler == "rflow":
+        scheduler.set_timesteps(
+            steps, device=noise.device, input_img_size_numel=int(np.prod(noise.shape[2:]))
+        )
+    else:
+        scheduler.set_timesteps(steps, device=noise.device)
+    nets = {"unet": model.unet} if control is None else {"unet": model.unet, "controlnet": control}
+    timesteps = list(scheduler.timesteps)
+    z_t = noise
+    for i, t in enumerate(timesteps):
+        t_batch = torch.full((z_t.shape[0],), float(t), device=z_t.device)
+        # 1. predict the noise (or the velocity)
+        output = diffusion.predict(nets, z_t, t_batch, condition)
+        # 2. z_t -> z_{t-1}
+        if sampler == "rflow":
+            next_t = timesteps[i + 1] if i + 1 < len(timesteps) else None
+            z_t, _ = scheduler.step(output, t, z_t, next_t)
+        elif sampler == "ddim":
+            z_t, _ = scheduler.step(output, int(t), z_t)
+        else:  # ddpm adds fresh noise each step: per sample, from that sample's generator
+            z_t = torch.cat(
+                [
+                    scheduler.step(output[j : j + 1], int(t), z_t[j : j + 1], generator=generators[j])[0]
+                    for j in range(z_t.shape[0])
+                ]
+            )
+    return z_t
+
+
+def _noise(shape: tuple[int, ...], seeds: list[int], device: torch.device) -> torch.Tensor:
+    """One standard-normal latent per seed, drawn on the CPU so every device gets the same numbers."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(
+        device
+    )
+
+
+def _step_generators(seeds: list[int], device: torch.device) -> list[torch.Generator]:
+    return [torch.Generator(device=device).manual_seed(_mix(s, 99)) for s in seeds]
+
+
+@torch.no_grad()
+def generate_batch(
+    pipe: Pipeline, seeds: list[int], sampler: str, steps: int, labels: torch.Tensor | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Images (B, X, Y, Z) in [0, 1] and labels (B, X, Y, Z) for one batch of per-sample seeds."""
+    device = next(pipe.image.unet.parameters()).device
+    num_classes = len(pipe.labels)
+    if pipe.controlnet is None:  # baselines: the image LDM alone
+        z_0 = denoise(
+            pipe.image,
+            _noise(pipe.image.latent_shape, [_mix(s, 1) for s in seeds], device),
+            sampler,
+            steps,
+            _step_generators([_mix(s, 1) for s in seeds], device),
+        )
+        images = autoencoders.decode(pipe.image.autoencoder, z_0 / pipe.image.scale)
+        return images.float().clamp(0, 1)[:, 0].cpu().numpy(), None
+    assert pipe.label is not None
+    # 1. label: sample a label latent, decode to class logits, take the argmax (unless labels are given)
+    if labels is None:
+        z_label = denoise(
+            pipe.label,
+            _noise(pipe.label.latent_shape, [_mix(s, 0) for s in seeds], device),
+            sampler,
+            steps,
+            _step_generators([_mix(s, 0) for s in seeds], device),
+        )
+        labels = autoencoders.decode(pipe.label.autoencoder, z_label / pipe.label.scale).argmax(1)
+    labels = labels.to(device)
+    # 2. condition: re-encode the discrete label (label_latent) or use it as it is
+    label_latent = None
+    if pipe.condition == "label_latent":
+        onehot = torch.nn.functional.one_hot(labels.long(), num_classes).movedim(-1, 1).float()
+        label_latent = autoencoders.encode(pipe.label.autoencoder, onehot)[0] * pipe.label.scale
+    cond = controlnet.make_condition(
+        pipe.condition or "", labels, label_latent, pipe.image.latent_shape[1:], num_classes
+    )
+    # 3. image: sample the image latent under ControlNet conditioning and decode
+    z_image = denoise(
+        pipe.image,
+        _noise(pipe.image.latent_shape, [_mix(s, 1) for s in seeds], device),
+        sampler,
+        steps,
+        _step_generators([_mix(s, 1) for s in seeds], device),
+        pipe.controlnet,
+        cond,
+    )
+    images = autoencoders.decode(pipe.image.autoencoder, z_image / pipe.image.scale)
+    return images.float().clamp(0, 1)[:, 0].cpu().numpy(), labels.cpu().numpy().astype(np.uint8)
+
+
+def read_label_folder(folder: Path, pipe: Pipeline) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Label volumes for mask-to-image: (case id, label, affine), checked against the run's grid and label map."""
+    from foscu.data.nifti import read_nifti
+
+    root = folder / "labelsTr" if (folder / "labelsTr").is_dir() else folder
+    files = sorted(root.glob("*.nii.gz")) + sorted(root.glob("*.nii"))
+    if not files:
+        raise InputError(folder, "no label NIfTI files (*.nii.gz) found")
+    out = []
+    for path in files:
+        volume = read_nifti(path, label=True)
+        if tuple(volume.array.shape) != tuple(pipe.roi):
+            raise InputError(
+                path, f"label shape {volume.array.shape} differs from the run's ROI {tuple(pipe.roi)}"
+            )
+        bad = set(np.unique(volume.array).tolist()) - set(pipe.labels.values())
+        if bad:
+            raise InputError(path, f"label values {sorted(bad)} are not in the label map {pipe.labels}")
+        out.append((path.name.split(".nii")[0], volume.array, volume.affine))
+    return out
+
+
+def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def generate(
+    run_root: Path,
+    n: int,
+    out: Path,
+    sampler: str | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    labels_dir: Path | None = None,
+    model: str = "duo",
+    controlnet_folder: str = "controlnet",
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """``foscu sample``: write N synthetic (image, label) pairs — or images for given labels — to ``out``."""
+    from foscu.config import load_config
+    from foscu.data.layout import image_path, label_path, write_dataset_json
+    from foscu.data.nifti import write_nifti
+    from foscu.engine.tracking import progress_bar
+
+    run_root, out = Path(run_root), Path(out)
+    dist = distributed.setup()
+    config_file = run_root / "config.yaml"
+    cfg = load_config(str(config_file)) if config_file.is_file() else None
+    sampler = sampler or (cfg.sample.sampler if cfg else "ddim")
+    steps = steps or (cfg.sample.steps if cfg else 50)
+    batch_size = batch_size or (cfg.sample.batch_size if cfg else 4)
+    pipe = load_pipeline(run_root, model, controlnet_folder)
+    affine = np.diag([*pipe.spacing, 1.0])
+    given = read_label_folder(Path(labels_dir), pipe) if labels_dir is not None else None
+    if given is not None and model != "duo":
+        raise InputError("--labels", "mask-to-image needs the duo model (ControlNet)")
+    total = len(given) if given is not None else n
+    cases = [
+        (f"synth_{i:04d}" if given is None else f"{given[i][0]}_synth", i, _mix(seed, i))
+        for i in range(total)
+    ]
+    if out.exists() and any(out.iterdir()):
+        raise InputError(out, "output folder exists and is not empty (choose another or remove it)")
+    tmp = Path(str(distributed.broadcast_object(str(out.parent / f".tmp-{out.name}-{time.time_ns()}"))))
+    mine = cases[dist.rank :: dist.world_size]
+    start = time.perf_counter()
+    try:
+        with progress_bar(f"sample {model}", len(mine), enabled=progress and dist.is_main) as advance:
+            for chunk in _batches(mine, batch_size):
+                seeds = [s for _, _, s in chunk]
+                labels = None
+                if given is not None:
+                    labels = torch.from_numpy(np.stack([given[i][1] for _, i, _ in chunk]).astype(np.int64))
+                images, label_maps = generate_batch(pipe, seeds, sampler, steps, labels)
+                for j, (case_id, i, _) in enumerate(chunk):
+                    case_affine = given[i][2] if given is not None else affine
+                    write_nifti(image_path(tmp, case_id), images[j], case_affine)
+                    if label_maps is not None:
+                        write_nifti(label_path(tmp, case_id), label_maps[j], case_affine, label=True)
+                advance(len(chunk))
+        distributed.barrier()
+        if dist.is_main:
+            write_dataset_json(tmp, f"FOSCU synthetic ({model})", len(cases), labels=pipe.labels)
+            write_json_atomic(
+                tmp / "samples.json",
+                {
+                    "model": model,
+                    "sampler": sampler,
+                    "steps": steps,
+                    "seed": seed,
+                    "run": str(run_root),
+                    "controlnet": controlnet_folder if model == "duo" else None,
+                    "condition": pipe.condition,
+                    "mask_to_image": given is not None,
+                    "seconds": round(time.perf_counter() - start, 2),
+                    "world_size": dist.world_size,
+                    "cases": {c: {"seed": s} for c, _, s in cases},
+                },
+            )
+            tmp.rename(out)
+        distributed.barrier()
+    finally:
+        if dist.is_main and tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def read_samples_record(folder: Path) -> dict[str, Any]:
+    return json.loads((Path(folder) / "samples.json").read_text())
