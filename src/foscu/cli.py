@@ -42,9 +42,11 @@ def phantom(
     out: Annotated[Path, typer.Argument(help="output folder (nnU-Net v2 raw layout)")],
     cases: Annotated[int, typer.Option("--cases", min=1, help="number of cases")] = 40,
     shape: Annotated[tuple[int, int, int], typer.Option("--shape", help="voxels X Y Z")] = (160, 160, 64),
-    spacing: Annotated[
-        tuple[float, float, float], typer.Option("--spacing", help="mm per voxel X Y Z")
-    ] = (1.5, 1.5, 3.0),
+    spacing: Annotated[tuple[float, float, float], typer.Option("--spacing", help="mm per voxel X Y Z")] = (
+        1.5,
+        1.5,
+        3.0,
+    ),
     seed: Annotated[int, typer.Option("--seed")] = 0,
     workers: Annotated[int, typer.Option("--workers", min=0, help="processes (0: all cores)")] = 0,
 ) -> None:
@@ -75,7 +77,9 @@ def prepare(
         tuple[float, float, float], typer.Option("--split", help="train / validation / test fractions")
     ] = (0.7, 0.1, 0.2),
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    labels: Annotated[str, typer.Option("--labels", help="multiclass | binary (all foreground -> liver)")] = "multiclass",
+    labels: Annotated[
+        str, typer.Option("--labels", help="multiclass | binary (all foreground -> liver)")
+    ] = "multiclass",
     skip_invalid: Annotated[
         bool, typer.Option("--skip-invalid", help="record invalid cases in preparation.json and go on")
     ] = False,
@@ -188,7 +192,14 @@ def seg_train_command(
             raise InputError("--task", f"expected binary or multiclass, got {task!r}")
         cfg = load_config(config, overrides)
         folder, result = train_segmenter(
-            arch, task, cfg, data, run, synthetic, synthetic_fraction, resume  # type: ignore[arg-type]
+            arch,
+            task,
+            cfg,
+            data,
+            run,
+            synthetic,
+            synthetic_fraction,
+            resume,  # type: ignore[arg-type]
         )
     except InputError as err:
         _fail(err)
@@ -197,8 +208,8 @@ def seg_train_command(
 
 @seg_app.command("predict")
 def seg_predict_command(
-    run: Annotated[Path, typer.Option("--run", help="segmentation run folder (RUN/seg/<name>) or RUN with one")],
-    images: Annotated[Path, typer.Option("--images", help="folder of <case>_0000.nii.gz or nnU-Net set root")],
+    run: Annotated[Path, typer.Option("--run", help="segmentation run (RUN/seg/<name>) or RUN with one")],
+    images: Annotated[Path, typer.Option("--images", help="<case>_0000.nii.gz folder or nnU-Net set root")],
     out: Annotated[Path, typer.Option("--out", help="output folder: <case>.nii.gz label volumes")],
 ) -> None:
     """Sliding-window prediction: one label NIfTI per image, on the image's grid and affine."""
@@ -214,11 +225,11 @@ def seg_predict_command(
 @evaluate_app.command("seg")
 def evaluate_seg_command(
     pred: Annotated[Path, typer.Option("--pred", help="predicted labels: folder of <case>.nii.gz")],
-    gt: Annotated[Path, typer.Option("--gt", help="ground truth: folder of <case>.nii.gz or nnU-Net set root")],
+    gt: Annotated[Path, typer.Option("--gt", help="ground truth: <case>.nii.gz folder or nnU-Net set root")],
     task: Annotated[str, typer.Option("--task", help="binary (liver-only) | multiclass")],
     out: Annotated[Path, typer.Option("--out", help="JSON to write")] = Path("metrics.json"),
     empty: Annotated[
-        str, typer.Option("--empty", help="empty-class rule: nnunet (default; FP on absent class = 0) | monai")
+        str, typer.Option("--empty", help="empty classes: nnunet (FP on an absent class scores 0) | monai")
     ] = "nnunet",
 ) -> None:
     """Dice and HD95 per case and class, class means, false-positive tumor volume -> metrics.json."""
@@ -230,8 +241,74 @@ def evaluate_seg_command(
         result = evaluate_segmentation(pred, gt, task, out, empty)  # type: ignore[arg-type]
     except InputError as err:
         _fail(err)
-    typer.echo(f"foreground mean Dice {result['foreground_mean']['dice']} over {result['n_cases']} cases; "
-               f"wrote {out}", err=True)
+    typer.echo(
+        f"foreground mean Dice {result['foreground_mean']['dice']} over {result['n_cases']} cases; "
+        f"wrote {out}",
+        err=True,
+    )
+
+
+@app.command()
+def train(
+    stage: Annotated[
+        str,
+        typer.Argument(help="label-vae | label-ldm | image-vae | image-ldm | controlnet | vqvae | vqvae-ldm"),
+    ],
+    data: Annotated[Path, typer.Option("--data", help="prepared set (foscu prepare)")],
+    run: Annotated[Path, typer.Option("--run", "--run-folder", help="run folder; stages find each other here")],
+    config: Annotated[str, typer.Option("--config", help="preset (tiny, demo, paper) or YAML file")] = "demo",
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="override: key.sub=value")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue from the stage's last checkpoint")
+    ] = False,
+    folder: Annotated[
+        str | None, typer.Option("--folder", help="stage folder name (ablations side by side)")
+    ] = None,
+) -> None:
+    """Train one Duo-Diffusion stage (also under torchrun --nproc_per_node=N -m foscu train ...)."""
+    from foscu.config import load_config
+    from foscu.generative.stages import train_stage
+
+    try:
+        result = train_stage(
+            stage, load_config(config, overrides), data, run, resume=resume, folder_name=folder
+        )
+    except InputError as err:
+        _fail(err)
+    typer.echo(f"{stage}: {result.steps} steps in {result.seconds:.1f} s; {result.last}", err=True)
+
+
+@app.command()
+def sample(
+    run: Annotated[Path, typer.Option("--run", "--run-folder", help="run folder with trained stages")],
+    out: Annotated[Path, typer.Option("--out", help="output folder (nnU-Net layout)")],
+    n: Annotated[int, typer.Option("--n", "--num-samples", min=1, help="number of pairs")] = 4,
+    sampler: Annotated[
+        str | None, typer.Option("--sampler", help="ddpm | ddim | rflow (default: config)")
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option("--steps", min=1, help="sampling steps (default: config)")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    labels: Annotated[
+        Path | None, typer.Option("--labels", help="label volumes -> images (mask to image)")
+    ] = None,
+    model: Annotated[str, typer.Option("--model", help="duo | image-ldm | vqvae-ldm (baselines)")] = "duo",
+    controlnet: Annotated[
+        str, typer.Option("--controlnet", help="ControlNet stage folder in the run")
+    ] = "controlnet",
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
+) -> None:
+    """Generate synthetic (image, label) pairs: label LDM, then image LDM under ControlNet."""
+    from foscu.generative.sampling import generate
+
+    try:
+        if sampler is not None and sampler not in ("ddpm", "ddim", "rflow"):
+            raise InputError("--sampler", f"expected ddpm, ddim or rflow, got {sampler!r}")
+        generate(run, n, out, sampler, steps, seed, labels, model, controlnet, batch_size)
+    except InputError as err:
+        _fail(err)
+    typer.echo(f"wrote {out}", err=True)
 
 
 def main() -> None:
