@@ -13,9 +13,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import TINY_SHAPE, TINY_STAGES
 from typer.testing import CliRunner
 
-from conftest import TINY_SHAPE, TINY_STAGES
 from foscu.cli import app
 from foscu.engine.checkpoint import read_weights
 from foscu.generative.latents import read_cache
