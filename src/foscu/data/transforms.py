@@ -1,0 +1,113 @@
+"""MONAI transform chains for segmentation (dictionary transforms on ``image`` / ``label``), and the
+seeded dataset the training engine draws from.
+
+Augmentation (paper II-C "MONAI augmentation"): random flips on each axis, a small random affine
+(about +-6 degrees, +-10 % scale, labels nearest-neighbour), random intensity scale and shift of +-10 %.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from foscu.labels import Task
+
+KEYS = ("image", "label")
+ROTATE_RAD = 0.1  # ~6 degrees
+SCALE = 0.1
+INTENSITY = 0.1
+
+
+def label_to_task(label: Any, task: Task) -> Any:
+    """Liver-only view of a (1, X, Y, Z) label tensor: every foreground structure becomes liver (1)."""
+    if task == "binary":
+        return (label != 0).to(label.dtype)
+    return label
+
+
+def _load(task: Task) -> list:
+    from monai.transforms import EnsureChannelFirstd, Lambdad, LoadImaged
+
+    return [
+        LoadImaged(keys=KEYS, reader="NibabelReader", image_only=True),
+        EnsureChannelFirstd(keys=KEYS),  # (1, X, Y, Z)
+        Lambdad(keys="label", func=partial(label_to_task, task=task)),
+    ]
+
+
+def _finish() -> list:
+    import torch
+    from monai.transforms import EnsureTyped
+
+    return [EnsureTyped(keys=KEYS, dtype=torch.float32, track_meta=False)]
+
+
+def train_transforms(task: Task, patch_size: Sequence[int] | None = None):  # -> monai Compose
+    """Load, map labels to the task, (pad +) random patch crop, flips, small affine, intensity jitter."""
+    from monai.transforms import (
+        Compose,
+        RandAffined,
+        RandFlipd,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+        RandSpatialCropd,
+        SpatialPadd,
+    )
+
+    chain = _load(task)
+    if patch_size is not None:
+        chain += [
+            SpatialPadd(keys=KEYS, spatial_size=list(patch_size)),
+            RandSpatialCropd(keys=KEYS, roi_size=list(patch_size), random_size=False),
+        ]
+    chain += [RandFlipd(keys=KEYS, prob=0.5, spatial_axis=axis) for axis in range(3)]
+    chain += [
+        RandAffined(
+            keys=KEYS,
+            prob=0.2,
+            rotate_range=(ROTATE_RAD,) * 3,
+            scale_range=(SCALE,) * 3,
+            mode=("bilinear", "nearest"),
+            padding_mode="zeros",
+        ),
+        RandScaleIntensityd(keys="image", factors=INTENSITY, prob=0.5),
+        RandShiftIntensityd(keys="image", offsets=INTENSITY, prob=0.5),
+    ]
+    return Compose(chain + _finish())
+
+
+def eval_transforms(task: Task):  # -> monai Compose
+    """Load and map labels to the task; nothing random."""
+    from monai.transforms import Compose
+
+    return Compose(_load(task) + _finish())
+
+
+class SeededDataset(Dataset):
+    """Items of a MONAI datalist through a transform chain, random draws seeded per item.
+
+    The engine asks for ``(index, item_seed)``: the chain's random state is set from ``item_seed`` before
+    the item is transformed, so a resumed run repeats exactly the augmentation of an uninterrupted one.
+    A plain integer index runs the chain with its current random state.
+    """
+
+    def __init__(self, items: list[dict[str, str]], transform: Any) -> None:
+        self.items, self.transform = list(items), transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        from monai.transforms import apply_transform
+
+        if isinstance(key, tuple):
+            index, item_seed = key
+            self.transform.set_random_state(seed=int(item_seed) % (2**32))
+        else:
+            index = key
+        item = {k: self.items[index][k] for k in KEYS}
+        return apply_transform(self.transform, copy.deepcopy(item))

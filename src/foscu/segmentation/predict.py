@@ -1,0 +1,165 @@
+"""``foscu seg predict``: sliding-window inference (MONAI) with a trained segmentation run.
+
+A run folder (``RUN/seg/<arch>-<task>-<data>/``) holds ``config.yaml`` (arch, task, ROI, spacing, the
+segmentation section) and ``model.safetensors``: enough to rebuild the network alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import yaml
+
+from foscu.errors import InputError
+from foscu.labels import Task, labels_for_task
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from foscu.config import SegmentationConfig
+
+CONFIG = "config.yaml"
+MODEL = "model.safetensors"
+NET = "segmenter"  # the network's name inside model.safetensors
+OVERLAP = 0.5
+
+
+@dataclass
+class SegRun:
+    """What a trained segmentation run needs to predict: its network and the patch it was trained on."""
+
+    folder: Path
+    arch: str
+    task: Task
+    seg_cfg: SegmentationConfig
+    roi: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+
+    @property
+    def patch(self) -> list[int]:
+        return list(self.seg_cfg.patch_size or self.roi)
+
+
+def resolve_run(run: Path) -> Path:
+    """A segmentation run folder, or a whole run with exactly one ``seg/*`` folder in it."""
+    run = Path(run)
+    if (run / CONFIG).is_file() and (run / MODEL).is_file():
+        return run
+    candidates = sorted(p.parent for p in (run / "seg").glob(f"*/{MODEL}"))
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise InputError(run, f"not a trained segmentation run (no {MODEL} here nor in seg/*/)")
+    names = ", ".join(str(c) for c in candidates)
+    raise InputError(run, f"holds several segmentation runs; pass one of: {names}")
+
+
+def read_run(folder: Path) -> SegRun:
+    """Read a segmentation run's config.yaml."""
+    from foscu.config import SegmentationConfig
+
+    path = Path(folder) / CONFIG
+    if not path.is_file():
+        raise InputError(path, "missing: not a segmentation run folder")
+    try:
+        raw = yaml.safe_load(path.read_text())
+        return SegRun(
+            folder=Path(folder),
+            arch=raw["arch"],
+            task=raw["task"],
+            seg_cfg=SegmentationConfig.model_validate(raw["segmentation"]),
+            roi=tuple(int(r) for r in raw["roi"]),  # type: ignore[arg-type]
+            spacing=tuple(float(s) for s in raw["spacing"]),  # type: ignore[arg-type]
+        )
+    except (yaml.YAMLError, KeyError, TypeError, ValueError) as err:
+        raise InputError(path, f"not a segmentation run config ({type(err).__name__}: {err})") from None
+
+
+def load_segmenter(run: SegRun) -> nn.Module:
+    """Rebuild the run's network and load its best weights (safetensors); eval mode, on CPU."""
+    from foscu.engine.checkpoint import load_weights
+    from foscu.segmentation.networks import build_segmenter
+
+    net = build_segmenter(run.arch, run.task, run.seg_cfg, run.roi, run.spacing)
+    load_weights(run.folder / MODEL, {NET: net})
+    return net.eval()
+
+
+def sliding_window_logits(net: nn.Module, image: torch.Tensor, patch: list[int], sw_batch_size: int) -> Any:
+    """(1, 1, X, Y, Z) image -> (1, C, X, Y, Z) logits, Gaussian-weighted windows overlapping by half."""
+    from monai.inferers import sliding_window_inference
+
+    return sliding_window_inference(
+        image, roi_size=patch, sw_batch_size=sw_batch_size, predictor=net, overlap=OVERLAP, mode="gaussian"
+    )
+
+
+def logits_to_labels(logits: torch.Tensor, task: Task) -> np.ndarray:
+    """(1, C, X, Y, Z) logits -> (X, Y, Z) uint8 in the task's label map (sigmoid > 0.5 or argmax)."""
+    values = np.array(sorted(labels_for_task(task).values()), dtype=np.uint8)
+    if logits.shape[1] == 1:
+        index = (logits[0, 0] > 0).long()  # sigmoid(x) > 0.5  <=>  x > 0
+    else:
+        index = logits[0].argmax(dim=0)
+    return values[index.cpu().numpy()]
+
+
+def image_files(images: Path) -> dict[str, Path]:
+    """Case id -> image: ``<case>_0000.nii.gz`` in ``images``, or in its imagesTr/ and imagesTs/."""
+    images = Path(images)
+    if not images.is_dir():
+        raise InputError(images, "folder not found")
+    subdirs = [images / s for s in ("imagesTr", "imagesTs") if (images / s).is_dir()]
+    files: dict[str, Path] = {}
+    for sub in subdirs or [images]:
+        for path in sorted(sub.glob("*_0000.nii.gz")):
+            files[path.name[: -len("_0000.nii.gz")]] = path
+    if not files:
+        raise InputError(images, "no <case>_0000.nii.gz images (nor imagesTr/ or imagesTs/ holding them)")
+    return files
+
+
+def predict_cases(
+    run_folder: Path, images: dict[str, Path], out_dir: Path, overwrite: bool = False, progress: bool = True
+) -> dict[str, Path]:
+    """Predict each image into ``out_dir/<case>.nii.gz`` on the image's grid and affine (folder atomic).
+
+    Images are min-max scaled to [0, 1] as ``foscu prepare`` scales them (a prepared image is unchanged).
+    """
+    import torch
+
+    from foscu.data.nifti import read_nifti, write_nifti
+    from foscu.data.prepare import minmax
+    from foscu.engine.tracking import progress_bar
+    from foscu.runs import atomic_folder
+
+    run = read_run(resolve_run(run_folder))
+    net = load_segmenter(run)
+    written: dict[str, Path] = {}
+    with (
+        atomic_folder(out_dir, overwrite=overwrite) as tmp,
+        torch.no_grad(),
+        progress_bar(f"predict {run.folder.name}", len(images), enabled=progress) as advance,
+    ):
+        for case_id, path in images.items():
+            volume = read_nifti(path)
+            scaled, _ = minmax(volume.array)
+            image = torch.from_numpy(scaled)[None, None]  # (1, 1, X, Y, Z)
+            logits = sliding_window_logits(net, image, run.patch, run.seg_cfg.sw_batch_size)
+            write_nifti(
+                tmp / f"{case_id}.nii.gz", logits_to_labels(logits, run.task), volume.affine, label=True
+            )
+            written[case_id] = Path(out_dir) / f"{case_id}.nii.gz"
+            advance()
+    return written
+
+
+def predict_folder(
+    run_folder: Path, images_dir: Path, out_dir: Path, progress: bool = True
+) -> dict[str, Path]:
+    """``foscu seg predict``: every ``*_0000.nii.gz`` of ``images_dir`` -> ``out_dir/<case>.nii.gz``."""
+    return predict_cases(run_folder, image_files(images_dir), out_dir, progress=progress)

@@ -1,0 +1,240 @@
+"""``foscu seg train``: one 3D U-Net on real (or real + synthetic) data through THE training engine.
+
+Paper II-C / III-B: Dice + binary cross-entropy (liver-only) or Dice + categorical cross-entropy
+(multi-class), AdamW lr 1e-4, early stopping with patience 10 on validation Dice, best weights kept.
+Patches are drawn at random for training; validation runs sliding windows over whole validation volumes
+and scores them with the same Dice convention as ``foscu evaluate seg`` (nnU-Net's).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from foscu.errors import InputError
+from foscu.labels import LABELS, Task
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from foscu.config import FoscuConfig
+    from foscu.engine.loop import FitResult
+
+NET = "segmenter"
+
+
+def run_name(arch: str, task: Task, synthetic: bool) -> str:
+    """``<arch>-<task>-<real|real+synthetic>``: the folder under RUN/seg/."""
+    return f"{arch}-{task}-{'real+synthetic' if synthetic else 'real'}"
+
+
+class SegmentationLoss:
+    """Dice + BCE on one sigmoid channel (liver-only) or Dice + CE on softmax classes (multi-class).
+
+    A deep-supervised output (B, heads, C, X, Y, Z) — DynUNet in train mode — is scored per head with
+    nnU-Net's weights 1, 1/2, 1/4 ... normalised to sum to 1.
+    """
+
+    def __init__(self, task: Task) -> None:
+        from monai.losses import DiceCELoss
+
+        if task == "binary":
+            self.loss = DiceCELoss(sigmoid=True)
+        else:
+            self.loss = DiceCELoss(softmax=True, to_onehot_y=True, include_background=False)
+
+    def __call__(self, nets: dict[str, nn.Module], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        logits = nets[NET](batch["image"])  # (B, C, X, Y, Z) or (B, heads, C, X, Y, Z)
+        label = batch["label"]  # (B, 1, X, Y, Z)
+        if logits.dim() == 6:
+            weights = [0.5**i for i in range(logits.shape[1])]
+            total = sum(weights)
+            losses = [w / total * self.loss(logits[:, i], label) for i, w in enumerate(weights)]
+            return {"loss": sum(losses), "loss_full_resolution": self.loss(logits[:, 0], label).detach()}
+        return {"loss": self.loss(logits, label)}
+
+
+class Validator:
+    """Sliding-window Dice on the validation volumes: ``val_dice`` (foreground mean) + one per class."""
+
+    def __init__(self, items: list[dict[str, str]], task: Task, patch: list[int], sw_batch_size: int) -> None:
+        from foscu.data.transforms import SeededDataset, eval_transforms
+
+        dataset = SeededDataset(items, eval_transforms(task))
+        self.cases = [dataset[i] for i in range(len(dataset))]  # small: the validation split, in memory
+        self.task, self.patch, self.sw_batch_size = task, patch, sw_batch_size
+
+    def __call__(self, nets: dict[str, nn.Module]) -> dict[str, float]:
+        from foscu.evaluation.segmentation_metrics import dice
+        from foscu.labels import labels_for_task
+        from foscu.segmentation.predict import logits_to_labels, sliding_window_logits
+
+        net = nets[NET]
+        device = next(net.parameters()).device
+        labels = labels_for_task(self.task)
+        per_class: dict[str, list[float]] = {}
+        for case in self.cases:
+            logits = sliding_window_logits(
+                net, case["image"][None].to(device), self.patch, self.sw_batch_size
+            )
+            pred = logits_to_labels(logits.float(), self.task)
+            scores = dice(pred, case["label"][0].numpy().astype(np.uint8), labels)
+            for name, value in scores.items():
+                if value is not None:
+                    per_class.setdefault(name, []).append(value)
+        means = {name: float(np.mean(v)) for name, v in per_class.items()}
+        out = {f"val_dice_{name}": value for name, value in means.items()}
+        out["val_dice"] = float(np.mean(list(means.values()))) if means else float("nan")
+        return out
+
+
+def synthetic_items(dirs: list[Path], roi: tuple[int, ...]) -> list[dict[str, str]]:
+    """Every case of the synthetic sets; refuses a label map or volume shape other than the real set's."""
+    import nibabel as nib
+
+    from foscu.data.layout import list_cases, read_dataset_json
+
+    items: list[dict[str, str]] = []
+    for root in dirs:
+        meta = read_dataset_json(Path(root))
+        labels = {str(k): int(v) for k, v in meta["labels"].items()}
+        if labels != LABELS:
+            raise InputError(
+                Path(root) / "dataset.json", f"label map {labels} differs from the real one {LABELS}"
+            )
+        for case in list_cases(Path(root)):
+            shape = tuple(nib.load(str(case.image)).shape[:3])
+            if shape != tuple(roi):
+                raise InputError(case.image, f"shape {shape} differs from the prepared ROI {tuple(roi)}")
+            assert case.label is not None
+            items.append(
+                {
+                    "case_id": f"{Path(root).name}/{case.case_id}",
+                    "image": str(case.image),
+                    "label": str(case.label),
+                }
+            )
+    return items
+
+
+def mix_training(real: list[dict], synthetic: list[dict], fraction: float, seed: int) -> list[dict]:
+    """Real training cases + ``round(fraction * n_real)`` synthetic ones (all if fewer), drawn by ``seed``."""
+    n_synthetic = min(len(synthetic), int(round(fraction * len(real))))
+    order = np.random.default_rng(seed).permutation(len(synthetic))[:n_synthetic]
+    return list(real) + [synthetic[i] for i in sorted(order)]
+
+
+def _stage_config(
+    arch: str,
+    task: Task,
+    cfg: FoscuConfig,
+    prepared: Any,
+    synthetic: list[Path],
+    fraction: float,
+    n_real: int,
+    n_synthetic: int,
+) -> dict[str, Any]:
+    from foscu.config import provenance
+
+    return {
+        "stage": "seg",
+        "arch": arch,
+        "task": task,
+        "data": str(prepared.root),
+        "roi": list(prepared.roi),
+        "spacing": list(prepared.spacing),
+        "synthetic": [str(p) for p in synthetic],
+        "synthetic_fraction": fraction,
+        "training_cases": {"real": n_real, "synthetic": n_synthetic},
+        "seed": cfg.seed,
+        "segmentation": cfg.segmentation.model_dump(mode="json"),
+        "provenance": provenance(cfg.seed),
+    }
+
+
+def train_segmenter(
+    arch: str,
+    task: Task,
+    cfg: FoscuConfig,
+    prepared_root: Path,
+    run_folder: Path,
+    synthetic: list[Path] | None = None,
+    synthetic_fraction: float | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> tuple[Path, FitResult]:
+    """Train ``arch`` for ``task`` into ``run_folder/seg/<arch>-<task>-<real|real+synthetic>/``.
+
+    Synthetic sets (nnU-Net layout) join the training split only, ``synthetic_fraction`` synthetic cases
+    per real training case (default: the config's). Returns the stage folder and the engine's result.
+    """
+    import yaml
+
+    from foscu.data.prepare import read_prepared
+    from foscu.data.transforms import SeededDataset, train_transforms
+    from foscu.engine.loop import STATE, fit
+    from foscu.runs import write_text_atomic
+    from foscu.segmentation.networks import build_segmenter
+
+    seg = cfg.segmentation
+    synthetic = [Path(p) for p in (synthetic or [])]
+    fraction = seg.synthetic_fraction if synthetic_fraction is None else synthetic_fraction
+    if fraction < 0:
+        raise InputError("--synthetic-fraction", f"must be >= 0, got {fraction}")
+    prepared = read_prepared(Path(prepared_root))
+    if task == "multiclass" and prepared.labels != LABELS:
+        raise InputError(
+            prepared.root / "dataset.json",
+            f"labels {prepared.labels} are liver-only: a multiclass model needs {LABELS}",
+        )
+    real, validation = prepared.datalist["training"], prepared.datalist["validation"]
+    if not real:
+        raise InputError(prepared.root / "datalist.json", "training split is empty")
+    if not validation:
+        raise InputError(
+            prepared.root / "datalist.json", "validation split is empty (early stopping needs it)"
+        )
+    net = build_segmenter(arch, task, seg, prepared.roi, prepared.spacing)
+    items = (
+        mix_training(real, synthetic_items(synthetic, prepared.roi), fraction, cfg.seed)
+        if synthetic
+        else real
+    )
+
+    folder = Path(run_folder) / "seg" / run_name(arch, task, bool(synthetic))
+    stage_cfg = _stage_config(
+        arch, task, cfg, prepared, synthetic, fraction, len(real), len(items) - len(real)
+    )
+    text = yaml.safe_dump(stage_cfg, sort_keys=False)
+    if resume:
+        old = folder / "config.yaml"
+        if old.is_file() and yaml.safe_load(old.read_text())["segmentation"] != stage_cfg["segmentation"]:
+            raise InputError(old, "segmentation config differs from the run being resumed")
+    elif (folder / STATE).is_file():
+        raise InputError(
+            folder, "an earlier run stopped here: pass --resume to continue it, or remove the folder"
+        )
+    write_text_atomic(folder / "config.yaml", text)
+
+    patch = list(seg.patch_size or prepared.roi)
+    train_set = SeededDataset(items, train_transforms(task, seg.patch_size))
+    result = fit(
+        folder,
+        {NET: net},
+        SegmentationLoss(task),
+        train_set,
+        seg.train,
+        trainable=[NET],
+        validate=Validator(validation, task, patch, seg.sw_batch_size),
+        monitor="val_dice",
+        mode="max",
+        seed=cfg.seed,
+        resume=resume,
+        description=f"seg {folder.name}",
+        metadata={"arch": arch, "task": task},
+        progress=progress,
+    )
+    return folder, result
