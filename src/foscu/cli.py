@@ -255,7 +255,9 @@ def train(
         typer.Argument(help="label-vae | label-ldm | image-vae | image-ldm | controlnet | vqvae | vqvae-ldm"),
     ],
     data: Annotated[Path, typer.Option("--data", help="prepared set (foscu prepare)")],
-    run: Annotated[Path, typer.Option("--run", "--run-folder", help="run folder; stages find each other here")],
+    run: Annotated[
+        Path, typer.Option("--run", "--run-folder", help="run folder; stages find each other here")
+    ],
     config: Annotated[str, typer.Option("--config", help="preset (tiny, demo, paper) or YAML file")] = "demo",
     overrides: Annotated[list[str] | None, typer.Option("--set", help="override: key.sub=value")] = None,
     resume: Annotated[
@@ -309,6 +311,57 @@ def sample(
     except InputError as err:
         _fail(err)
     typer.echo(f"wrote {out}", err=True)
+
+
+@app.command()
+def experiment(
+    data: Annotated[Path, typer.Option("--data", help="prepared set (foscu prepare)")],
+    run: Annotated[Path, typer.Option("--run", "--run-folder", help="run folder (resumable)")],
+    config: Annotated[str, typer.Option("--config", help="preset (tiny, demo, paper) or YAML file")] = "demo",
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="override: key.sub=value")] = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="step groups: train, sample, table1, fidelity, table2, report"),
+    ] = None,
+) -> None:
+    """The paper's whole protocol: every stage, sampling, Tables I and II, fidelity, report (resumable)."""
+    from foscu.experiment import run_experiment
+
+    try:
+        report = run_experiment(config, data, run, overrides or [], only or [])
+    except InputError as err:
+        _fail(err)
+    typer.echo(f"report: {report}", err=True)
+
+
+@app.command()
+def report(run: Annotated[Path, typer.Argument(help="run folder")]) -> None:
+    """Write RUN/report.html (self-contained) and RUN/report.md from what the run holds."""
+    from foscu.report import build_report
+
+    try:
+        html_path, md_path = build_report(run)
+    except InputError as err:
+        _fail(err)
+    typer.echo(f"wrote {html_path} and {md_path}", err=True)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="folder for the phantom, prepared set and run")] = Path(
+        "foscu-demo"
+    ),
+    config: Annotated[str, typer.Option("--config", help="preset or YAML file")] = "demo",
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="override: key.sub=value")] = None,
+) -> None:
+    """phantom -> prepare -> experiment -> report on the embedded data set (2 CPU cores, <= 15 min)."""
+    from foscu.demo import run_demo
+
+    try:
+        report_path = run_demo(out, config, overrides or [])
+    except InputError as err:
+        _fail(err)
+    typer.echo(f"report: {report_path}", err=True)
 
 
 def main() -> None:

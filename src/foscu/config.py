@@ -90,6 +90,14 @@ class SampleConfig(Section):
     sampler: Literal["ddpm", "ddim", "rflow"] = "ddim"
     steps: int = Field(50, ge=1)
     batch_size: int = Field(4, ge=1)
+    n: int | None = Field(None, ge=1, description="pairs the experiment generates (None: one per training case)")
+
+
+class ExperimentConfig(Section):
+    """``foscu experiment``: what the protocol includes beyond the paper's own rows."""
+
+    ablation: bool = True  # train and sample the other two ControlNet conditionings as extra Table I rows
+    ablation_samples: int | None = Field(None, ge=1, description="pairs per ablation row (None: as sample.n)")
 
 
 class SegmentationConfig(Section):
@@ -128,6 +136,7 @@ class FoscuConfig(Section):
     sample: SampleConfig = Field(default_factory=SampleConfig)
     segmentation: SegmentationConfig = Field(default_factory=SegmentationConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
 
     @model_validator(mode="after")
     def _check(self) -> FoscuConfig:
