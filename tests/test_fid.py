@@ -70,13 +70,14 @@ def tiny_volumes() -> list[np.ndarray]:
 
 
 def test_plane_slices_orientation_centre_and_stride() -> None:
-    volume = np.arange(8 * 6 * 4, dtype=np.float32).reshape(8, 6, 4)  # (X, Y, Z)
+    volume = np.arange(8 * 5 * 4, dtype=np.float32).reshape(8, 5, 4)  # (X, Y, Z)
     axial = plane_slices(volume, "axial")
-    assert axial.shape == (4, 8, 6) and np.array_equal(axial[3], volume[:, :, 3])
+    assert axial.shape == (4, 8, 5) and np.array_equal(axial[3], volume[:, :, 3])
     sagittal = plane_slices(volume, "sagittal", slice_stride=2, central_fraction=0.5)
     # X = 8, fraction 0.5 -> slices int(0.25 * 8) = 2 .. int(0.75 * 8) = 6, every 2nd -> x = 2, 4
-    assert sagittal.shape == (2, 6, 4) and np.array_equal(sagittal[1], volume[4])
-    coronal = plane_slices(volume, "coronal", central_fraction=0.1)  # rounds to nothing: keep the middle one
+    assert sagittal.shape == (2, 5, 4) and np.array_equal(sagittal[1], volume[4])
+    # Y = 5 at 0.1: int(2.25) = 2 .. int(2.75) = 2 holds nothing, so the middle slice y = 2 is kept
+    coronal = plane_slices(volume, "coronal", central_fraction=0.1)
     assert coronal.shape == (1, 8, 4) and np.array_equal(coronal[0], volume[:, 2, :])
 
 
@@ -247,3 +248,12 @@ def test_cli_evaluate_fid(tmp_path: Path, tiny_volumes: list[np.ndarray]) -> Non
     )
     assert result.exit_code == 2 and result.stderr.startswith(f"error: {small}: volumes have shape")
     assert not out_2.exists()
+
+
+def test_inception_average_pool_ignores_padding_like_the_tf_graph() -> None:
+    import torch
+
+    from foscu.evaluation.feature_nets import _avg_pool_3x3
+
+    # count_include_pad=False: a constant image stays constant at the border (torchvision's corner: 4/9)
+    assert torch.equal(_avg_pool_3x3(torch.ones(1, 1, 4, 4)), torch.ones(1, 1, 4, 4))

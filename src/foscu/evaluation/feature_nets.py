@@ -334,4 +334,5 @@ def load_feature_net(
         )
         raise InputError(path, f"does not fit the {name} network: {detail}")
     net.load_state_dict(state, strict=False)
-    return net.eval(), path
+    # channels_last: about 1.4x faster convolutions on CPU (oneDNN), same features up to rounding
+    return net.eval().to(memory_format=torch.channels_last), path
