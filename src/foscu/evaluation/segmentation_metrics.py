@@ -141,8 +141,6 @@ def evaluate_segmentation(
     Every ground-truth case needs a prediction ``<case>.nii.gz`` on its grid (else InputError). The result
     is written atomically to ``out`` (metrics.json) when given, and returned.
     """
-    from foscu.runs import write_json_atomic
-
     if empty not in CONVENTIONS:
         raise InputError("--empty", f"expected nnunet or monai, got {empty!r}")
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
@@ -153,12 +151,30 @@ def evaluate_segmentation(
         raise InputError(
             pred_dir, f"no prediction for ground-truth case(s) {missing[:5]} ({len(missing)} missing)"
         )
+    pairs = {case_id: (preds[case_id], gt_path) for case_id, gt_path in gts.items()}
+    result = evaluate_cases(pairs, task, out=None, empty=empty)
+    result["unmatched_predictions"] = sorted(set(preds) - set(gts))
+    if out is not None:
+        from foscu.runs import write_json_atomic
+
+        write_json_atomic(out, result)
+    return result
+
+
+def evaluate_cases(
+    pairs: dict[str, tuple[Path, Path]], task: Task, out: Path | None = None, empty: Empty = "nnunet"
+) -> dict:
+    """Like :func:`evaluate_segmentation` for explicit ``case id -> (prediction, ground truth)`` files."""
+    from foscu.runs import write_json_atomic
+
+    if empty not in CONVENTIONS:
+        raise InputError("--empty", f"expected nnunet or monai, got {empty!r}")
     labels = labels_for_task(task)
     classes = list(_foreground(labels))
     cases: dict[str, dict[str, dict[str, float | None]]] = {}
     fp_tumor_ml: dict[str, float] = {}
-    for case_id, gt_path in gts.items():
-        pred, gt, spacing = _read_case(preds[case_id], gt_path, task)
+    for case_id, (pred_path, gt_path) in pairs.items():
+        pred, gt, spacing = _read_case(pred_path, gt_path, task)
         d, h = dice(pred, gt, labels, empty), hd95(pred, gt, labels, spacing)
         cases[case_id] = {name: {"dice": d[name], "hd95": h[name]} for name in classes}
         if task == "multiclass" and not (gt == TUMOR).any():
@@ -186,7 +202,6 @@ def evaluate_segmentation(
         "mean": mean,
         "foreground_mean": {"dice": fg_dice, "hd95": fg_hd},
         "false_positive_tumor": false_positive,
-        "unmatched_predictions": sorted(set(preds) - set(gts)),
         "cases": cases,
     }
     if out is not None:
