@@ -157,10 +157,11 @@ def test_train_writes_stage_folder_and_predict_keeps_input_grid(prepared, tiny_c
 
 def test_synthetic_joins_training_only_and_foreign_label_map_is_refused(prepared, tiny_cfg, tmp_path):
     syn = make_synthetic(prepared, tmp_path / "syn")
+    one_step = load_config("tiny", ["segmentation.train.steps=1"])
     folder, _ = train_segmenter(
-        "dynunet", "binary", tiny_cfg, prepared, tmp_path / "run", [syn], 0.5, progress=False
+        "resunet", "binary", one_step, prepared, tmp_path / "run", [syn], 0.5, progress=False
     )
-    assert folder.name == "dynunet-binary-real+synthetic"
+    assert folder.name == "resunet-binary-real+synthetic" and (folder / "model.safetensors").is_file()
     stage = yaml.safe_load((folder / "config.yaml").read_text())
     assert stage["training_cases"] == {"real": 4, "synthetic": 2}
 
