@@ -110,11 +110,24 @@ def make_synthetic(prepared, out, labels=None):
     return out
 
 
-def test_train_writes_stage_folder_and_predict_keeps_input_grid(prepared, tiny_cfg, tmp_path):
-    folder, result = train_segmenter(
-        "unet", "multiclass", tiny_cfg, prepared, tmp_path / "run", progress=False
-    )
-    assert folder == tmp_path / "run" / "seg" / "unet-multiclass-real"
+def test_cli_train_writes_stage_folder_and_predict_keeps_input_grid(prepared, tiny_cfg, tmp_path):
+    args = [
+        "seg",
+        "train",
+        "--arch",
+        "unet",
+        "--task",
+        "multiclass",
+        "--config",
+        "tiny",
+        "--data",
+        str(prepared),
+        "--run",
+        str(tmp_path / "run"),
+    ]
+    trained = CliRunner().invoke(app, args + [item for o in TWO_STEPS for item in ("--set", o)])
+    assert trained.exit_code == 0, trained.output
+    folder = tmp_path / "run" / "seg" / "unet-multiclass-real"
     for name in ("config.yaml", "model.safetensors", "train_state.pt", "metrics.json", "metrics.jsonl"):
         assert (folder / name).is_file(), name
     stage = yaml.safe_load((folder / "config.yaml").read_text())
@@ -123,7 +136,8 @@ def test_train_writes_stage_folder_and_predict_keeps_input_grid(prepared, tiny_c
         and stage["roi"] == [32, 32, 16]
         and stage["training_cases"]["synthetic"] == 0
     )
-    assert result.steps == 2 and 0.0 <= result.best["val_dice"] <= 1.0
+    summary = json.loads((folder / "metrics.json").read_text())
+    assert summary["steps"] == 2 and 0.0 <= summary["best"]["val_dice"] <= 1.0
     history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [1, 2] and all("val_dice_liver" in h for h in history)
 
