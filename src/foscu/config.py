@@ -48,6 +48,9 @@ class AutoencoderStage(Section):
     reconstruction: Literal["l1", "l2"] = "l1"
     adversarial_weight: float = Field(0.0, ge=0)
     discriminator: dict[str, Any] = Field(default_factory=lambda: {"num_layers_d": 2, "channels": 16})
+    # train on random patches of this size (as MAISI trains its VAE); None: whole prepared volumes.
+    # The networks are fully convolutional, so encoding and decoding still take whole volumes.
+    patch_size: list[int] | None = None
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
@@ -55,6 +58,7 @@ class VQVAEStage(Section):
     """Table I baseline: MONAI VQVAE."""
 
     vqvae: dict[str, Any]
+    patch_size: list[int] | None = None  # as AutoencoderStage.patch_size
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
@@ -91,6 +95,9 @@ class SampleConfig(Section):
     steps: int = Field(50, ge=1)
     batch_size: int = Field(4, ge=1)
     n: int | None = Field(None, ge=1, description="pairs the experiment generates (None: one per training case)")
+    # decode latents in overlapping patches of this latent-grid size (MONAI sliding window) when a whole
+    # volume does not fit in GPU memory while decoding; None decodes whole volumes (exact, the default)
+    decode_patch: list[int] | None = None
 
 
 class ExperimentConfig(Section):

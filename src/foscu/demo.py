@@ -22,9 +22,19 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run_demo(out: Path, config: str = "demo", overrides: list[str] | None = None) -> Path:
+def run_demo(
+    out: Path,
+    config: str = "demo",
+    overrides: list[str] | None = None,
+    cases: int = DEMO_CASES,
+    shape: tuple[int, int, int] = DEMO_SHAPE,
+    spacing: tuple[float, float, float] = DEMO_SPACING,
+    roi: tuple[int, int, int] = DEMO_ROI,
+    progress: bool = True,
+) -> Path:
     """Run the whole protocol on the embedded phantom in ``out``; returns the report's path."""
     from foscu.data.phantom import write_phantom_set
+    from foscu.experiment import run_experiment
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -33,17 +43,16 @@ def run_demo(out: Path, config: str = "demo", overrides: list[str] | None = None
 
     start = time.perf_counter()
     if not (raw / "dataset.json").is_file():
-        write_phantom_set(raw, DEMO_CASES, DEMO_SHAPE, DEMO_SPACING, seed=0)
-    timings["phantom"] = time.perf_counter() - start
+        write_phantom_set(raw, cases, shape, spacing, seed=0, progress=progress)
+        timings["phantom"] = round(time.perf_counter() - start, 1)
 
     start = time.perf_counter()
     if not (prepared / "datalist.json").is_file():
-        prepare_dataset(raw, prepared, roi=DEMO_ROI, center="tumor", split=(0.7, 0.1, 0.2), seed=0)
+        prepare_dataset(raw, prepared, roi=roi, center="tumor", split=(0.7, 0.1, 0.2), seed=0, progress=progress)
+        timings["prepare"] = round(time.perf_counter() - start, 1)
     read_prepared(prepared)
-    timings["prepare"] = time.perf_counter() - start
 
-    from foscu.experiment import run_experiment
-
-    report = run_experiment(config, prepared, run, overrides or [], timings=timings)
-    _say(f"demo finished in {sum(timings.values()):.0f} s; report: {report}")
+    start = time.perf_counter()
+    report = run_experiment(config, prepared, run, overrides or [], timings=timings, progress=progress)
+    _say(f"demo finished in {time.perf_counter() - start + sum(timings.values()):.0f} s; report: {report}")
     return report

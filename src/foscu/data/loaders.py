@@ -50,21 +50,29 @@ def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 
 class VolumeSet(Dataset):
-    """Whole prepared volumes for the autoencoders: ``image`` (1, X, Y, Z) and ``label_onehot`` (C, X, Y, Z)."""
+    """Prepared volumes for the autoencoders: ``image`` (1, X, Y, Z) and ``label_onehot`` (C, X, Y, Z).
 
-    def __init__(self, volumes: SplitVolumes, num_classes: int) -> None:
-        self.volumes, self.num_classes = volumes, num_classes
+    With ``patch``, each item is a random crop of that size, its corner drawn from the item seed.
+    """
+
+    def __init__(self, volumes: SplitVolumes, num_classes: int, patch: list[int] | None = None) -> None:
+        self.volumes, self.num_classes, self.patch = volumes, num_classes, patch
 
     def __len__(self) -> int:
         return len(self.volumes)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
-        index = key[0]
-        label = self.volumes.labels[index]
-        return {
-            "image": self.volumes.images[index],
-            "label_onehot": one_hot(label[None], self.num_classes)[0],
-        }
+        index, item_seed = key
+        image, label = self.volumes.images[index], self.volumes.labels[index]
+        if self.patch is not None:
+            generator = torch.Generator().manual_seed(item_seed)
+            shape = label.shape
+            corner = [
+                int(torch.randint(0, s - p + 1, (1,), generator=generator)) for s, p in zip(shape, self.patch)
+            ]
+            window = tuple(slice(c, c + p) for c, p in zip(corner, self.patch, strict=True))
+            image, label = image[(slice(None), *window)], label[window]
+        return {"image": image, "label_onehot": one_hot(label[None], self.num_classes)[0]}
 
 
 class LatentSet(Dataset):

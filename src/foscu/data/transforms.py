@@ -29,12 +29,26 @@ def label_to_task(label: Any, task: Task) -> Any:
     return label
 
 
+def read_case(item: dict[str, Any]) -> dict[str, Any]:
+    """Read ``image``/``label`` paths through FOSCU's one NIfTI reader (checked), as (1, X, Y, Z) arrays."""
+    import torch
+
+    from foscu.data.nifti import read_nifti
+
+    out = dict(item)
+    out["image"] = torch.from_numpy(read_nifti(item["image"]).array[None])
+    if "label" in item:
+        out["label"] = torch.from_numpy(read_nifti(item["label"], label=True).array[None])
+    return out
+
+
 def _load(task: Task) -> list:
-    from monai.transforms import EnsureChannelFirstd, Lambdad, LoadImaged
+    # FOSCU's own reader, not MONAI's LoadImaged: one NIfTI reader with its checks, and no warning from
+    # MONAI registering every optional reader (nvImageCodec) on each construction.
+    from monai.transforms import Lambda, Lambdad
 
     return [
-        LoadImaged(keys=KEYS, reader="NibabelReader", image_only=True),
-        EnsureChannelFirstd(keys=KEYS),  # (1, X, Y, Z)
+        Lambda(func=read_case),  # (1, X, Y, Z)
         Lambdad(keys="label", func=partial(label_to_task, task=task)),
     ]
 

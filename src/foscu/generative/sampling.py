@@ -40,6 +40,19 @@ class LatentModel:
     autoencoder: nn.Module
 
 
+def decode_volume(autoencoder: nn.Module, z: torch.Tensor, patch: list[int] | None = None) -> torch.Tensor:
+    """Latent -> volume; with ``patch``, through MONAI's sliding-window inferer (less memory, seams blended)."""
+    if not patch:
+        return autoencoders.decode(autoencoder, z)
+    from monai.inferers import sliding_window_inference
+
+    def predictor(tile: torch.Tensor) -> torch.Tensor:
+        return autoencoders.decode(autoencoder, tile)
+
+    return sliding_window_inference(z, roi_size=patch, sw_batch_size=1, predictor=predictor, overlap=0.5,
+                                    mode="gaussian")
+
+
 @dataclass
 class Pipeline:
     image: LatentModel
@@ -49,6 +62,7 @@ class Pipeline:
     roi: tuple[int, int, int] = (0, 0, 0)
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
     labels: dict[str, int] = field(default_factory=dict)
+    decode_patch: list[int] | None = None
 
 
 def _latent_model(run: RunFolder, ldm: str, device: torch.device) -> LatentModel:
@@ -151,7 +165,7 @@ def generate_batch(
             steps,
             _step_generators([_mix(s, 1) for s in seeds], device),
         )
-        images = autoencoders.decode(pipe.image.autoencoder, z_0 / pipe.image.scale)
+        images = decode_volume(pipe.image.autoencoder, z_0 / pipe.image.scale, pipe.decode_patch)
         return images.float().clamp(0, 1)[:, 0].cpu().numpy(), None
     assert pipe.label is not None
     # 1. label: sample a label latent, decode to class logits, take the argmax (unless labels are given)
@@ -163,7 +177,7 @@ def generate_batch(
             steps,
             _step_generators([_mix(s, 0) for s in seeds], device),
         )
-        labels = autoencoders.decode(pipe.label.autoencoder, z_label / pipe.label.scale).argmax(1)
+        labels = decode_volume(pipe.label.autoencoder, z_label / pipe.label.scale, pipe.decode_patch).argmax(1)
     labels = labels.to(device)
     # 2. condition: re-encode the discrete label (label_latent) or use it as it is
     label_latent = None
@@ -183,7 +197,7 @@ def generate_batch(
         pipe.controlnet,
         cond,
     )
-    images = autoencoders.decode(pipe.image.autoencoder, z_image / pipe.image.scale)
+    images = decode_volume(pipe.image.autoencoder, z_image / pipe.image.scale, pipe.decode_patch)
     return images.float().clamp(0, 1)[:, 0].cpu().numpy(), labels.cpu().numpy().astype(np.uint8)
 
 
@@ -241,6 +255,7 @@ def generate(
     steps = steps or (cfg.sample.steps if cfg else 50)
     batch_size = batch_size or (cfg.sample.batch_size if cfg else 4)
     pipe = load_pipeline(run_root, model, controlnet_folder)
+    pipe.decode_patch = cfg.sample.decode_patch if cfg else None
     affine = np.diag([*pipe.spacing, 1.0])
     given = read_label_folder(Path(labels_dir), pipe) if labels_dir is not None else None
     if given is not None and model != "duo":

@@ -215,13 +215,26 @@ def _autoencoder_recipe(stage: Stage, cfg: FoscuConfig, prepared: PreparedSet, d
     return dict(
         nets=nets,
         loss_fn=loss_fn,
-        train_set=VolumeSet(train, num_classes),
+        train_set=VolumeSet(train, num_classes, _patch(section.patch_size, stage, info, prepared)),
         validate=validate,
         info=info,
         trainable=trainable,
         adversary=adversary,
         metadata={},
     )
+
+
+def _patch(patch: list[int] | None, stage: Stage, info: dict, prepared: PreparedSet) -> list[int] | None:
+    """Check an autoencoder's training patch against the ROI and the network's downsampling."""
+    if patch is None:
+        return None
+    key = f"{stage.section}.patch_size"
+    if len(patch) != 3 or any(p > r for p, r in zip(patch, prepared.roi, strict=True)):
+        raise InputError(key, f"needs 3 sizes within the ROI {tuple(prepared.roi)}, got {patch}")
+    _divisible(
+        tuple(patch), 2 ** info["downsamples"], f"{stage.name} ({info['downsamples']} downsamplings)", key
+    )
+    return list(patch)
 
 
 def _downsamples(roi: tuple[int, ...], latent: tuple[int, ...]) -> int:
