@@ -21,8 +21,15 @@ def test_paper_preset_carries_the_papers_numbers():
 
 
 def test_overrides_keep_types():
-    cfg = load_config("tiny", ["label_ldm.train.lr=0.5", "controlnet.condition=label_latent", "seed=7",
-                               "segmentation.archs=[unet, vnet]"])
+    cfg = load_config(
+        "tiny",
+        [
+            "label_ldm.train.lr=0.5",
+            "controlnet.condition=label_latent",
+            "seed=7",
+            "segmentation.archs=[unet, vnet]",
+        ],
+    )
     assert cfg.label_ldm.train.lr == 0.5 and cfg.seed == 7
     assert cfg.controlnet.condition == "label_latent"
     assert cfg.segmentation.archs == ["unet", "vnet"]
@@ -30,8 +37,12 @@ def test_overrides_keep_types():
 
 @pytest.mark.parametrize(
     "override, needle",
-    [("label_vae.trian.lr=1", "label_vae.trian"), ("controlnet.condition=magic", "controlnet.condition"),
-     ("label_ldm.train.lr=-1", "label_ldm.train.lr"), ("seed", "key=value")],
+    [
+        ("label_vae.trian.lr=1", "label_vae.trian"),
+        ("controlnet.condition=magic", "controlnet.condition"),
+        ("label_ldm.train.lr=-1", "label_ldm.train.lr"),
+        ("seed", "key=value"),
+    ],
 )
 def test_typos_and_bad_values_fail_naming_the_key(override, needle):
     with pytest.raises(InputError, match=needle.replace(".", r"\.")):

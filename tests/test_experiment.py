@@ -18,8 +18,22 @@ runner = CliRunner()
 def experiment_run(tiny_run, tiny_prepared, tmp_path_factory):
     run = tmp_path_factory.mktemp("experiment") / "run"
     shutil.copytree(tiny_run, run)  # the seven stages are trained: the experiment must skip them
-    result = runner.invoke(app, ["experiment", "--config", "tiny", "--data", str(tiny_prepared), "--run", str(run),
-                                 "--set", "segmentation.archs=[unet]", "--set", "sample.n=3"])
+    result = runner.invoke(
+        app,
+        [
+            "experiment",
+            "--config",
+            "tiny",
+            "--data",
+            str(tiny_prepared),
+            "--run",
+            str(run),
+            "--set",
+            "segmentation.archs=[unet]",
+            "--set",
+            "sample.n=3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return run, result.output
 
@@ -37,7 +51,9 @@ def test_table1_has_every_method_and_plane(experiment_run):
     methods = [r["method"] for r in table["rows"]]
     assert methods[:3] == ["3D-LDM w/ VQ-VAE", "3D-LDM w/ VAE", "Duo-Diffusion (label_fullres)"]
     assert "VAE reconstruction (reference)" in methods
-    assert {"ablation: ControlNet on label_latent", "ablation: ControlNet on label_downsampled"} <= set(methods)
+    assert {"ablation: ControlNet on label_latent", "ablation: ControlNet on label_downsampled"} <= set(
+        methods
+    )
     for row in table["rows"]:
         values = [row[k] for k in ("axial", "coronal", "sagittal")]
         assert all(math.isfinite(v) and v >= 0 for v in values)
@@ -49,7 +65,11 @@ def test_fidelity_diversity_memorization_and_table2(experiment_run):
     run, _ = experiment_run
     ev = run / "evaluation"
     fidelity = json.loads((ev / "pair_fidelity.json").read_text())
-    assert {r["condition"] for r in fidelity["rows"]} == {"label_fullres", "label_latent", "label_downsampled"}
+    assert {r["condition"] for r in fidelity["rows"]} == {
+        "label_fullres",
+        "label_latent",
+        "label_downsampled",
+    }
     assert fidelity["best_condition"] in {r["condition"] for r in fidelity["rows"]}
     assert all(0 <= r["samples"] for r in fidelity["rows"])
     diversity = json.loads((ev / "diversity.json").read_text())
@@ -74,20 +94,45 @@ def test_report_holds_every_table_and_figure(experiment_run):
 def test_rerun_skips_every_step_and_unknown_groups_are_refused(experiment_run, tiny_prepared):
     run, _ = experiment_run
     before = (run / "evaluation" / "table1.json").stat().st_mtime_ns
-    result = runner.invoke(app, ["experiment", "--config", "tiny", "--data", str(tiny_prepared), "--run", str(run),
-                                 "--set", "segmentation.archs=[unet]", "--set", "sample.n=3", "--only", "table1"])
+    result = runner.invoke(
+        app,
+        [
+            "experiment",
+            "--config",
+            "tiny",
+            "--data",
+            str(tiny_prepared),
+            "--run",
+            str(run),
+            "--set",
+            "segmentation.archs=[unet]",
+            "--set",
+            "sample.n=3",
+            "--only",
+            "table1",
+        ],
+    )
     assert result.exit_code == 0 and "[skip] Table I" in result.output
     assert (run / "evaluation" / "table1.json").stat().st_mtime_ns == before
-    result = runner.invoke(app, ["experiment", "--data", str(tiny_prepared), "--run", str(run), "--only", "tables"])
+    result = runner.invoke(
+        app, ["experiment", "--data", str(tiny_prepared), "--run", str(run), "--only", "tables"]
+    )
     assert result.exit_code == 2 and "tables" in result.output
 
 
 def test_demo_runs_end_to_end_on_a_tiny_phantom(tmp_path):
     from foscu.demo import run_demo
 
-    report = run_demo(tmp_path / "demo", "tiny", ["segmentation.archs=[unet]", "sample.n=2",
-                                                  "experiment.ablation=false"],
-                      cases=6, shape=(32, 32, 16), spacing=(7.5, 7.5, 12.0), roi=(32, 32, 16), progress=False)
+    report = run_demo(
+        tmp_path / "demo",
+        "tiny",
+        ["segmentation.archs=[unet]", "sample.n=2", "experiment.ablation=false"],
+        cases=6,
+        shape=(32, 32, 16),
+        spacing=(7.5, 7.5, 12.0),
+        roi=(32, 32, 16),
+        progress=False,
+    )
     assert report == tmp_path / "demo" / "run" / "report.html" and report.is_file()
     timings = json.loads((tmp_path / "demo" / "run" / "experiment.json").read_text())["timings"]
     assert {"phantom", "prepare", "train label-vae", "report"} <= set(timings)

@@ -228,7 +228,9 @@ def test_sliding_window_decoding_matches_whole_decoding_in_shape_and_scale(tiny_
     from foscu.runs import RunFolder
 
     nets, _, info = load_stage(RunFolder(tiny_run), "image-vae")
-    z = torch.randn(1, info["latent_channels"], *info["latent_shape"], generator=torch.Generator().manual_seed(0))
+    z = torch.randn(
+        1, info["latent_channels"], *info["latent_shape"], generator=torch.Generator().manual_seed(0)
+    )
     with torch.no_grad():
         whole = decode_volume(nets["autoencoder"], z)
         tiled = decode_volume(nets["autoencoder"], z, [s // 2 for s in info["latent_shape"]])

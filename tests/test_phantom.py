@@ -38,7 +38,9 @@ def test_about_half_tumor_free_and_at_most_three_tumors():
 def test_hepatobiliary_contrast_ordering(cases):
     """Liver is the brightest solid organ; vessels and tumors are hypointense to it."""
     for case in cases:
-        med = {k: np.median(case.image[case.label == k]) for k in range(NUM_CLASSES) if (case.label == k).any()}
+        med = {
+            k: np.median(case.image[case.label == k]) for k in range(NUM_CLASSES) if (case.label == k).any()
+        }
         assert med[LIVER] > med[PORTAL_VEIN] * 1.15  # thin vessels: partial volume at 3.75 mm
         assert med[LIVER] > med[HEPATIC_VEIN] * 1.15
         if TUMOR in med:
@@ -48,7 +50,7 @@ def test_hepatobiliary_contrast_ordering(cases):
 
 def test_liver_shape_varies_per_case(cases):
     livers = [(c.label > 0) for c in cases[:4]]
-    for a, b in zip(livers, livers[1:]):
+    for a, b in zip(livers, livers[1:], strict=False):
         overlap = (a & b).sum() / (a | b).sum()
         assert overlap < 0.95
 
@@ -62,8 +64,25 @@ def test_deterministic_and_independent_of_set_size(tmp_path):
     runner = CliRunner()
     for n, name in ((4, "four"), (6, "six")):
         res = runner.invoke(
-            app, ["phantom", str(tmp_path / name), "--cases", str(n), "--shape", "32", "32", "16",
-                  "--spacing", "7.5", "7.5", "12", "--seed", "7", "--workers", "1"],
+            app,
+            [
+                "phantom",
+                str(tmp_path / name),
+                "--cases",
+                str(n),
+                "--shape",
+                "32",
+                "32",
+                "16",
+                "--spacing",
+                "7.5",
+                "7.5",
+                "12",
+                "--seed",
+                "7",
+                "--workers",
+                "1",
+            ],
         )
         assert res.exit_code == 0, res.output
     v4 = read_nifti(tmp_path / "four/imagesTr/phantom_0003_0000.nii.gz")

@@ -66,7 +66,9 @@ def test_minmax_scales_and_constant_becomes_zero():
 
 def test_prepare_tiny_phantom(tiny_phantom, tmp_path):
     out = tmp_path / "prep"
-    record = prepare_dataset(tiny_phantom, out, roi=(24, 24, 12), split=(0.5, 0.17, 0.33), seed=0, progress=False)
+    record = prepare_dataset(
+        tiny_phantom, out, roi=(24, 24, 12), split=(0.5, 0.17, 0.33), seed=0, progress=False
+    )
     prepared = read_prepared(out)
     assert prepared.roi == (24, 24, 12)
     assert sum(len(v) for v in prepared.datalist.values()) == 6
@@ -82,7 +84,9 @@ def test_prepare_tiny_phantom(tiny_phantom, tmp_path):
         box = rec["crop_box"]
         assert [b - a for a, b in box] == [24, 24, 12]
         # the crop's affine maps its voxel (0,0,0) to the source voxel box start
-        assert np.allclose(img.affine[:3, 3], src.affine[:3, :3] @ np.array([a for a, _ in box]) + src.affine[:3, 3])
+        assert np.allclose(
+            img.affine[:3, 3], src.affine[:3, :3] @ np.array([a for a, _ in box]) + src.affine[:3, 3]
+        )
     assert json.loads((out / "dataset.json").read_text())["foscu_prepare"]["roi"] == [24, 24, 12]
 
 
@@ -103,7 +107,9 @@ def test_prepare_centres_from_csv(tiny_phantom, tmp_path):
         w.writerow(["case_id", "x", "y", "z"])
         for cid in ids:
             w.writerow([cid, 10, 12, 5])
-    record = prepare_dataset(tiny_phantom, tmp_path / "csv", roi=(8, 8, 4), center=str(centres), progress=False)
+    record = prepare_dataset(
+        tiny_phantom, tmp_path / "csv", roi=(8, 8, 4), center=str(centres), progress=False
+    )
     assert all(r["crop_box"] == [[6, 14], [8, 16], [3, 7]] for r in record["cases"].values())
 
 
@@ -143,7 +149,9 @@ def test_shape_mismatch(tiny_phantom, tmp_path):
 def test_affine_mismatch(tiny_phantom, tmp_path):
     raw = _copy(tiny_phantom, tmp_path / "raw")
     lab = read_nifti(raw / "labelsTr/phantom_0003.nii.gz", label=True)
-    write_nifti(raw / "labelsTr/phantom_0003.nii.gz", lab.array, lab.affine * 2 + np.diag([0, 0, 0, -1]), label=True)
+    write_nifti(
+        raw / "labelsTr/phantom_0003.nii.gz", lab.array, lab.affine * 2 + np.diag([0, 0, 0, -1]), label=True
+    )
     _assert_refused(_run_prepare(raw, tmp_path / "out"), tmp_path / "out", "affine")
 
 

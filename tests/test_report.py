@@ -14,21 +14,40 @@ def _fake_run(tmp_path, tiny_phantom):
     run = tmp_path / "run"
     ev = run / "evaluation"
     ev.mkdir(parents=True)
-    (ev / "table1.json").write_text(json.dumps({
-        "note": "2.5D Fréchet Radiomics Distance",
-        "rows": [{"method": "Duo-Diffusion", "axial": 1.5, "sagittal": 2.0, "coronal": 2.5, "mean": 2.0}],
-    }))
-    (ev / "table2.json").write_text(json.dumps({
-        "rows": [{"arch": "unet", "task": "binary", "class": "liver", "real": 0.91, "real+synthetic": 0.93,
-                  "improvement": 0.02}],
-    }))
+    (ev / "table1.json").write_text(
+        json.dumps(
+            {
+                "note": "2.5D Fréchet Radiomics Distance",
+                "rows": [
+                    {"method": "Duo-Diffusion", "axial": 1.5, "sagittal": 2.0, "coronal": 2.5, "mean": 2.0}
+                ],
+            }
+        )
+    )
+    (ev / "table2.json").write_text(
+        json.dumps(
+            {
+                "rows": [
+                    {
+                        "arch": "unet",
+                        "task": "binary",
+                        "class": "liver",
+                        "real": 0.91,
+                        "real+synthetic": 0.93,
+                        "improvement": 0.02,
+                    }
+                ],
+            }
+        )
+    )
     (run / "label-vae").mkdir()
     (run / "label-vae" / "metrics.jsonl").write_text(
         "\n".join(json.dumps({"step": s, "loss": 1.0 / s}) for s in range(1, 6)) + "\n{broken"
     )
     shutil.copytree(tiny_phantom, run / "samples")
-    (run / "experiment.json").write_text(json.dumps({"config": "tiny", "data": str(tiny_phantom),
-                                                      "timings": {"phantom": 1.0}}))
+    (run / "experiment.json").write_text(
+        json.dumps({"config": "tiny", "data": str(tiny_phantom), "timings": {"phantom": 1.0}})
+    )
     return run
 
 
@@ -63,9 +82,19 @@ def test_report_renders_in_headless_chromium(tmp_path, tiny_phantom):
     html_path, _ = build_report(run)
     shot = tmp_path / "shot.png"
     subprocess.run(
-        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-         f"--screenshot={shot}", "--window-size=1200,1600", html_path.as_uri()],
-        check=True, capture_output=True, timeout=120,
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--screenshot={shot}",
+            "--window-size=1200,1600",
+            html_path.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.std() > 10  # not blank

@@ -51,9 +51,7 @@ def test_each_arch_takes_a_training_step_for_both_tasks(arch, batch, tiny_cfg):
     torch.manual_seed(0)
     for task in ("binary", "multiclass"):
         net = build_segmenter(arch, task, tiny_cfg.segmentation, (32, 32, 16), (7.5, 7.5, 12.0)).train()
-        task_batch = dict(
-            batch, label=(batch["label"] != 0).float() if task == "binary" else batch["label"]
-        )
+        task_batch = dict(batch, label=(batch["label"] != 0).float() if task == "binary" else batch["label"])
         opt = torch.optim.SGD(net.parameters(), lr=1e-2)  # the engine uses AdamW; SGD keeps VNet cheap here
         before = [p.detach().clone() for p in net.parameters()]
         loss = SegmentationLoss(task)({NET: net}, task_batch)["loss"]
@@ -132,9 +130,7 @@ def test_cli_train_writes_stage_folder_and_predict_keeps_input_grid(prepared, ti
         assert (folder / name).is_file(), name
     stage = yaml.safe_load((folder / "config.yaml").read_text())
     assert (
-        stage["arch"] == "unet"
-        and stage["roi"] == [32, 32, 16]
-        and stage["training_cases"]["synthetic"] == 0
+        stage["arch"] == "unet" and stage["roi"] == [32, 32, 16] and stage["training_cases"]["synthetic"] == 0
     )
     summary = json.loads((folder / "metrics.json").read_text())
     assert summary["steps"] == 2 and 0.0 <= summary["best"]["val_dice"] <= 1.0
@@ -199,9 +195,7 @@ def test_cli_seg_train_bad_input_exits_2(prepared, tmp_path):
         "--run",
         str(tmp_path / "run"),
     ]
-    result = CliRunner().invoke(
-        app, [*args, "--arch", "vnet", "--set", "segmentation.patch_size=[16,16,8]"]
-    )
+    result = CliRunner().invoke(app, [*args, "--arch", "vnet", "--set", "segmentation.patch_size=[16,16,8]"])
     assert result.exit_code == 2 and "vnet" in result.output and "(16, 16, 16)" in result.output
     result = CliRunner().invoke(app, [*args, "--arch", "transformer"])
     assert result.exit_code == 2 and "unknown architecture" in result.output

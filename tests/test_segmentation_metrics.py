@@ -124,8 +124,18 @@ def test_missing_prediction_and_foreign_values_are_refused(tmp_path):
 def test_cli_evaluate_seg_writes_metrics_and_bad_input_exits_2(tmp_path):
     write_cases(tmp_path, {"a": case_with_tumor()})
     out = tmp_path / "m.json"
-    args = ["evaluate", "seg", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"),
-            "--task", "multiclass", "--out", str(out)]
+    args = [
+        "evaluate",
+        "seg",
+        "--pred",
+        str(tmp_path / "pred"),
+        "--gt",
+        str(tmp_path / "gt"),
+        "--task",
+        "multiclass",
+        "--out",
+        str(out),
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["mean"]["hepatic_vein"]["n_valid"] == 0

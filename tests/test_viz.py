@@ -9,8 +9,17 @@ from foscu.viz import overlay_rgb, view_center
 
 def test_view_writes_png_with_overlay(tiny_phantom, tmp_path):
     out = tmp_path / "view.png"
-    res = CliRunner().invoke(app, ["view", str(tiny_phantom / "imagesTr/phantom_0000_0000.nii.gz"), "--label",
-                                   str(tiny_phantom / "labelsTr/phantom_0000.nii.gz"), "--out", str(out)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "view",
+            str(tiny_phantom / "imagesTr/phantom_0000_0000.nii.gz"),
+            "--label",
+            str(tiny_phantom / "labelsTr/phantom_0000.nii.gz"),
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     pixels = np.asarray(Image.open(out).convert("RGB")).astype(int)
     assert pixels.shape[1] > pixels.shape[0] > 100

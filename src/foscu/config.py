@@ -94,7 +94,9 @@ class SampleConfig(Section):
     sampler: Literal["ddpm", "ddim", "rflow"] = "ddim"
     steps: int = Field(50, ge=1)
     batch_size: int = Field(4, ge=1)
-    n: int | None = Field(None, ge=1, description="pairs the experiment generates (None: one per training case)")
+    n: int | None = Field(
+        None, ge=1, description="pairs the experiment generates (None: one per training case)"
+    )
     # decode latents in overlapping patches of this latent-grid size (MONAI sliding window) when a whole
     # volume does not fit in GPU memory while decoding; None decodes whole volumes (exact, the default)
     decode_patch: list[int] | None = None

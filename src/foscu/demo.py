@@ -48,7 +48,9 @@ def run_demo(
 
     start = time.perf_counter()
     if not (prepared / "datalist.json").is_file():
-        prepare_dataset(raw, prepared, roi=roi, center="tumor", split=(0.7, 0.1, 0.2), seed=0, progress=progress)
+        prepare_dataset(
+            raw, prepared, roi=roi, center="tumor", split=(0.7, 0.1, 0.2), seed=0, progress=progress
+        )
         timings["prepare"] = round(time.perf_counter() - start, 1)
     read_prepared(prepared)
 

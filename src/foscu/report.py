@@ -85,12 +85,12 @@ def figure_training_curves(run: Path) -> bytes | None:
     cols = 4
     rows_n = math.ceil(len(logs) / cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(4 * cols, 2.8 * rows_n), squeeze=False)
-    for ax, log in zip(axes.ravel(), logs):
+    for ax, log in zip(axes.ravel(), logs, strict=False):
         records = [r for r in _read_jsonl(log) if "step" in r]
         for key in ("loss", "val_loss", "val_dice"):
             pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
             if pts:
-                steps, values = zip(*pts)
+                steps, values = zip(*pts, strict=False)
                 ax.plot(steps, values, label=key, marker="o" if key.startswith("val") else None, ms=3)
         ax.set_title(str(log.parent.relative_to(run)), fontsize=8)
         ax.set_xlabel("step", fontsize=8)
@@ -121,7 +121,9 @@ def figure_views(folder: Path, n: int, title: str) -> list[tuple[str, bytes]]:
     for cid, img, lab in _case_pairs(folder)[:n]:
         image = read_nifti(img)
         label = read_nifti(lab, label=True).array if lab else None
-        figures.append((f"{title}: {cid}", _png(tri_planar_figure(image.array, label, image.spacing, f"{title}: {cid}"))))
+        figures.append(
+            (f"{title}: {cid}", _png(tri_planar_figure(image.array, label, image.spacing, f"{title}: {cid}")))
+        )
     return figures
 
 
@@ -189,21 +191,36 @@ def build_report(run: Path) -> tuple[Path, Path]:
         sections.append((title, md, (f"<p>{html.escape(note)}</p>" if note else "") + table_html(rows)))
 
     table1 = _load_json(ev / "table1.json")
-    add_table("Table I: generative quality", table1["rows"] if table1 else None, table1.get("note", "") if table1 else "")
+    add_table(
+        "Table I: generative quality",
+        table1["rows"] if table1 else None,
+        table1.get("note", "") if table1 else "",
+    )
     table2 = _load_json(ev / "table2.json")
-    add_table("Table II: segmentation Dice, real vs real + synthetic", table2["rows"] if table2 else None,
-              table2.get("note", "") if table2 else "")
+    add_table(
+        "Table II: segmentation Dice, real vs real + synthetic",
+        table2["rows"] if table2 else None,
+        table2.get("note", "") if table2 else "",
+    )
     fidelity = _load_json(ev / "pair_fidelity.json")
-    add_table("Pair fidelity", fidelity["rows"] if fidelity else None, fidelity.get("note", "") if fidelity else "")
+    add_table(
+        "Pair fidelity", fidelity["rows"] if fidelity else None, fidelity.get("note", "") if fidelity else ""
+    )
     div = _load_json(ev / "diversity.json")
     add_table("Diversity (MS-SSIM among samples; lower is more diverse)", div["rows"] if div else None)
     mem = _load_json(ev / "memorization.json")
     mem_rows = None
     if mem:
         mem_rows = [{"sample": k, **v} for k, v in mem["samples"].items()]
-    add_table("Memorization audit", mem_rows, (mem["method"] + f"; near copies: {mem['near_copies']}") if mem else "")
+    add_table(
+        "Memorization audit",
+        mem_rows,
+        (mem["method"] + f"; near copies: {mem['near_copies']}") if mem else "",
+    )
     timings = experiment.get("timings")
-    add_table("Wall time per step (s)", [{"step": k, "seconds": v} for k, v in timings.items()] if timings else None)
+    add_table(
+        "Wall time per step (s)", [{"step": k, "seconds": v} for k, v in timings.items()] if timings else None
+    )
 
     curves = figure_training_curves(run)
     if curves:
@@ -221,7 +238,9 @@ def build_report(run: Path) -> tuple[Path, Path]:
 
 def _write(run: Path, experiment: dict, sections, figures) -> tuple[Path, Path]:
     title = "FOSCU report"
-    subtitle = html.escape(f"run {run.name} · preset {experiment.get('config', '?')} · data {experiment.get('data', '?')}")
+    subtitle = html.escape(
+        f"run {run.name} · preset {experiment.get('config', '?')} · data {experiment.get('data', '?')}"
+    )
     md = [f"# {title}\n", f"{subtitle}\n"]
     body = [f"<h1>{title}</h1><p class='sub'>{subtitle}</p>"]
     for heading, text_md, text_html in sections:
@@ -235,14 +254,18 @@ def _write(run: Path, experiment: dict, sections, figures) -> tuple[Path, Path]:
             tmp.write_bytes(png)
         md.append(f"### {caption}\n\n![{caption}](report_files/{name})\n")
         data = base64.b64encode(png).decode()
-        body.append(f"<h3>{html.escape(caption)}</h3><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>")
+        body.append(
+            f"<h3>{html.escape(caption)}</h3><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
+        )
     style = (
         "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
         "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #bbb;padding:4px 8px;"
         "text-align:right}th{background:#eee}img{max-width:100%;border:1px solid #ddd}.sub{color:#666}"
     )
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style>"
-            f"</head><body>{''.join(body)}</body></html>")
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style>"
+        f"</head><body>{''.join(body)}</body></html>"
+    )
     write_text_atomic(run / "report.html", page)
     write_text_atomic(run / "report.md", "\n".join(md))
     return run / "report.html", run / "report.md"

@@ -67,15 +67,21 @@ def tri_planar_figure(
     lab_planes = _planes(label, center) if label is not None else [(n, None) for n, _ in img_planes]
     aspects = [spacing[1] / spacing[0], spacing[2] / spacing[0], spacing[2] / spacing[1]]
     fig, axes = plt.subplots(1, 3, figsize=(11, 4), facecolor="black")
-    for ax, (name, img2d), (_, lab2d), aspect in zip(axes, img_planes, lab_planes, aspects):
+    for ax, (name, img2d), (_, lab2d), aspect in zip(axes, img_planes, lab_planes, aspects, strict=False):
         ax.imshow(overlay_rgb(img2d, lab2d), aspect=aspect, interpolation="nearest")
         ax.set_title(name, color="white", fontsize=10)
         ax.axis("off")
     if label is not None:
         present = [n for n in LABEL_COLOURS if (label == LABELS[n]).any()]
         handles = [Patch(color=LABEL_COLOURS[n], label=n.replace("_", " ")) for n in present]
-        fig.legend(handles=handles, loc="lower center", ncol=max(1, len(handles)), frameon=False,
-                   labelcolor="white", fontsize=9)
+        fig.legend(
+            handles=handles,
+            loc="lower center",
+            ncol=max(1, len(handles)),
+            frameon=False,
+            labelcolor="white",
+            fontsize=9,
+        )
     if title:
         fig.suptitle(title, color="white", fontsize=11)
     fig.tight_layout(rect=(0, 0.06, 1, 0.95))
@@ -95,7 +101,9 @@ def save_view(volume_path: Path, out: Path, label_path: Path | None = None, titl
     if label_path is not None:
         label_vol = read_nifti(label_path, label=True)
         if label_vol.array.shape != image.array.shape:
-            raise InputError(label_path, f"shape {label_vol.array.shape} differs from the volume's {image.array.shape}")
+            raise InputError(
+                label_path, f"shape {label_vol.array.shape} differs from the volume's {image.array.shape}"
+            )
         label = label_vol.array
     fig = tri_planar_figure(image.array, label, image.spacing, title or Path(volume_path).name)
     with atomic_path(out) as tmp:

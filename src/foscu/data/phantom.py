@@ -59,7 +59,7 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int, int], coarse:
     lattice = (coarse, coarse, max(2, coarse // 2 + 1))
     coeffs = rng.standard_normal(lattice)
     field = coeffs
-    for axis, (n, m) in enumerate(zip(shape, lattice)):
+    for axis, (n, m) in enumerate(zip(shape, lattice, strict=False)):
         centres = np.linspace(-0.15, 1.15, m)
         position = (np.arange(n) + 0.5) / n
         basis = np.exp(-0.5 * ((position[:, None] - centres[None, :]) / (1.3 / (m - 1))) ** 2)
@@ -70,9 +70,11 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int, int], coarse:
 
 def _ellipsoid(x, y, z, center, radii) -> np.ndarray:
     """Implicit ellipsoid: < 1 inside."""
-    return ((x - center[0]) / radii[0]) ** 2 + ((y - center[1]) / radii[1]) ** 2 + (
-        (z - center[2]) / radii[2]
-    ) ** 2
+    return (
+        ((x - center[0]) / radii[0]) ** 2
+        + ((y - center[1]) / radii[1]) ** 2
+        + ((z - center[2]) / radii[2]) ** 2
+    )
 
 
 def _segments_tree(
@@ -143,9 +145,9 @@ def generate_case(
     shape = tuple(int(s) for s in shape)
     spacing_arr = np.asarray(spacing, dtype=np.float64)
     fov = np.asarray(shape) * spacing_arr
-    axes = [(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing_arr)]
+    axes = [(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing_arr, strict=False)]
     # normalised coordinates in [-1, 1] over the field of view, deformed smoothly per case
-    u = [(a / (f / 2)).astype(np.float32) for a, f in zip(axes, fov)]
+    u = [(a / (f / 2)).astype(np.float32) for a, f in zip(axes, fov, strict=False)]
     X, Y, Z = np.meshgrid(*u, indexing="ij", sparse=True)
     coarse = 5
     warp = 0.09
@@ -241,9 +243,7 @@ def generate_case(
     portal_segments = [(pv_root - np.array([0, 0.12, 0.25]) * to_mm, pv_root, r_main * 1.2, r_main * 1.1)]
     for target in ((-0.8, 0.1, 0.25), (0.7, 0.5, 0.35)):  # right and left portal branches
         direction = np.array(target) + rng.normal(0, 0.08, 3)
-        portal_segments += _segments_tree(
-            rng, pv_root, direction * to_mm, 0.34 * to_mm[0], r_main, depth=4
-        )
+        portal_segments += _segments_tree(rng, pv_root, direction * to_mm, 0.34 * to_mm[0], r_main, depth=4)
     hilum_reach = ndimage.binary_dilation(liver, iterations=2)
     portal = _rasterise_segments(portal_segments, coords_mm, spacing_arr, shape)
     hepatic = _rasterise_segments(hepatic_segments, coords_mm, spacing_arr, shape)
@@ -267,7 +267,7 @@ def generate_case(
             radius_mm = rng.uniform(5.0, 20.0) * min(1.0, fov[0] / 240.0 * 1.5)
             radius_mm = max(radius_mm, 1.6 * spacing_arr.max())
             radii = radius_mm * rng.uniform(0.8, 1.2, size=3)
-            tx, ty, tz = np.meshgrid(*[a - c for a, c in zip(coords_mm, c_mm)], indexing="ij", sparse=True)
+            tx, ty, tz = np.meshgrid(*[a - c for a, c in zip(coords_mm, c_mm, strict=False)], indexing="ij", sparse=True)
             lobulation = 1.0 + 0.15 * np.sin(3 * np.arctan2(ty, tx) + rng.uniform(0, 6.28))
             inside = (tx / radii[0]) ** 2 + (ty / radii[1]) ** 2 + (tz / radii[2]) ** 2 < lobulation**2
             inside &= liver

@@ -54,7 +54,9 @@ def split_counts(n: int, fractions: tuple[float, float, float]) -> tuple[int, in
     return n_train, n_val, n - n_train - n_val
 
 
-def split_patients(case_ids: list[str], fractions: tuple[float, float, float], seed: int) -> dict[str, list[str]]:
+def split_patients(
+    case_ids: list[str], fractions: tuple[float, float, float], seed: int
+) -> dict[str, list[str]]:
     """Deterministic per-seed patient split; every case lands in exactly one split."""
     order = sorted(case_ids)
     rng = np.random.default_rng(seed)
@@ -100,14 +102,17 @@ def lesion_center(label: np.ndarray) -> tuple[tuple[float, float, float], str]:
 
 def crop_box(center: tuple[float, float, float], roi: tuple[int, int, int]) -> list[tuple[int, int]]:
     """[start, stop) per axis of an ROI centred on ``center`` (may leave the volume: padded later)."""
-    return [(int(math.floor(c + 0.5)) - r // 2, int(math.floor(c + 0.5)) - r // 2 + r) for c, r in zip(center, roi)]
+    return [
+        (int(math.floor(c + 0.5)) - r // 2, int(math.floor(c + 0.5)) - r // 2 + r)
+        for c, r in zip(center, roi, strict=False)
+    ]
 
 
 def crop_pad(array: np.ndarray, box: list[tuple[int, int]], fill: float) -> np.ndarray:
     """Crop ``box`` out of ``array``, padding with ``fill`` where the box leaves the volume."""
     out = np.full([b - a for a, b in box], fill, dtype=array.dtype)
     src, dst = [], []
-    for (a, b), n in zip(box, array.shape):
+    for (a, b), n in zip(box, array.shape, strict=False):
         lo, hi = max(a, 0), min(b, n)
         if hi <= lo:
             return out
@@ -125,7 +130,9 @@ def minmax(image: np.ndarray) -> tuple[np.ndarray, str | None]:
     return ((image - lo) / (hi - lo)).astype(np.float32), None
 
 
-def label_lookup(raw_labels: dict[str, int], source: Path, mapping: Literal["multiclass", "binary"]) -> np.ndarray:
+def label_lookup(
+    raw_labels: dict[str, int], source: Path, mapping: Literal["multiclass", "binary"]
+) -> np.ndarray:
     """A lookup table raw label value -> FOSCU label value, matched by name (dataset.json)."""
     unknown = sorted(set(raw_labels) - set(LABELS))
     if unknown:
@@ -143,7 +150,9 @@ def _load_pair(case: Case, table: np.ndarray) -> tuple[Volume, np.ndarray]:
     assert case.label is not None
     label_vol = read_nifti(case.label, label=True)
     if image.array.shape != label_vol.array.shape:
-        raise InputError(case.label, f"shape {label_vol.array.shape} differs from its image's {image.array.shape}")
+        raise InputError(
+            case.label, f"shape {label_vol.array.shape} differs from its image's {image.array.shape}"
+        )
     if not np.allclose(image.affine, label_vol.affine, atol=1e-3):
         raise InputError(case.label, "affine differs from its image's (image and label are not on one grid)")
     values = np.unique(label_vol.array)
@@ -172,14 +181,16 @@ def _prepare_case(
         center, center_source = lesion_center(multiclass_table[raw_label])
     box = crop_box(center, roi)
     warnings: list[str] = []
-    if any(a < 0 or b > n for (a, b), n in zip(box, image.array.shape)):
+    if any(a < 0 or b > n for (a, b), n in zip(box, image.array.shape, strict=False)):
         warnings.append("ROI leaves the volume: padded")
     cropped = crop_pad(image.array, box, fill=float(image.array.min()))
     scaled, warn = minmax(cropped)
     if warn:
         warnings.append(warn)
     affine = image.affine.copy()
-    affine[:3, 3] = image.affine[:3, :3] @ np.array([a for a, _ in box], dtype=np.float64) + image.affine[:3, 3]
+    affine[:3, 3] = (
+        image.affine[:3, :3] @ np.array([a for a, _ in box], dtype=np.float64) + image.affine[:3, 3]
+    )
     write_nifti(image_path(out, case.case_id), scaled, affine)
     write_nifti(label_path(out, case.case_id), crop_pad(label, box, fill=0), affine, label=True)
     return {
@@ -254,11 +265,20 @@ def prepare_dataset(
             "labels": labels,
         }
         label_map = dict(LABELS) if labels == "multiclass" else dict(LIVER_ONLY_LABELS)
-        write_dataset_json(tmp, name=f"{meta.get('name', raw.name)} (prepared)", num_training=len(records),
-                           labels=label_map, foscu_prepare=settings)
+        write_dataset_json(
+            tmp,
+            name=f"{meta.get('name', raw.name)} (prepared)",
+            num_training=len(records),
+            labels=label_map,
+            foscu_prepare=settings,
+        )
         write_json_atomic(tmp / "datalist.json", datalist)
-        record = {"settings": settings, "cases": records, "skipped": skipped,
-                  "counts": {k: len(v) for k, v in splits.items()}}
+        record = {
+            "settings": settings,
+            "cases": records,
+            "skipped": skipped,
+            "counts": {k: len(v) for k, v in splits.items()},
+        }
         write_json_atomic(tmp / "preparation.json", record)
     return record
 

@@ -48,7 +48,11 @@ def diversity(volumes: Sequence[np.ndarray], max_pairs: int = 50, seed: int = 0)
     all_pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
     chosen = [all_pairs[k] for k in rng.permutation(len(all_pairs))[:max_pairs]]
     values = [ms_ssim(volumes[i], volumes[j]) for i, j in chosen]
-    return {"ms_ssim_mean": float(np.mean(values)), "ms_ssim_std": float(np.std(values)), "pairs": len(values)}
+    return {
+        "ms_ssim_mean": float(np.mean(values)),
+        "ms_ssim_std": float(np.std(values)),
+        "pairs": len(values),
+    }
 
 
 def _standardise(volume: np.ndarray, factor: int) -> np.ndarray:
@@ -56,7 +60,9 @@ def _standardise(volume: np.ndarray, factor: int) -> np.ndarray:
     if factor > 1:
         crop = [s - s % factor for s in volume.shape]
         v = volume[: crop[0], : crop[1], : crop[2]]
-        v = v.reshape(crop[0] // factor, factor, crop[1] // factor, factor, crop[2] // factor, factor).mean((1, 3, 5))
+        v = v.reshape(crop[0] // factor, factor, crop[1] // factor, factor, crop[2] // factor, factor).mean(
+            (1, 3, 5)
+        )
     else:
         v = volume
     flat = v.astype(np.float64).ravel()
@@ -97,8 +103,10 @@ def memorization_audit(
         "real-to-nearest-real correlation of the training set",
         "threshold": threshold,
         "real_nearest_neighbour": {"mean": float(real_nn.mean()), "max": threshold},
-        "synthetic_nearest_real": {"mean": float(np.mean(nearest)) if nearest else None,
-                                   "max": float(np.max(nearest)) if nearest else None},
+        "synthetic_nearest_real": {
+            "mean": float(np.mean(nearest)) if nearest else None,
+            "max": float(np.max(nearest)) if nearest else None,
+        },
         "near_copies": int(sum(s["near_copy"] for s in samples.values())),
         "samples": samples,
     }

@@ -85,8 +85,9 @@ def hd95(
         g_t = torch.from_numpy(g[None, None].astype(np.float32))
         with warnings.catch_warnings():  # MONAI 1.5+ warns about its own internal argument
             warnings.simplefilter("ignore", FutureWarning)
-            d = compute_hausdorff_distance(p_t, g_t, include_background=True, percentile=95,
-                                           spacing=[float(s) for s in spacing])
+            d = compute_hausdorff_distance(
+                p_t, g_t, include_background=True, percentile=95, spacing=[float(s) for s in spacing]
+            )
         distances[name] = float(d.reshape(-1)[0])
     return distances
 

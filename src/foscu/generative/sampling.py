@@ -49,8 +49,9 @@ def decode_volume(autoencoder: nn.Module, z: torch.Tensor, patch: list[int] | No
     def predictor(tile: torch.Tensor) -> torch.Tensor:
         return autoencoders.decode(autoencoder, tile)
 
-    return sliding_window_inference(z, roi_size=patch, sw_batch_size=1, predictor=predictor, overlap=0.5,
-                                    mode="gaussian")
+    return sliding_window_inference(
+        z, roi_size=patch, sw_batch_size=1, predictor=predictor, overlap=0.5, mode="gaussian"
+    )
 
 
 @dataclass
@@ -177,7 +178,9 @@ def generate_batch(
             steps,
             _step_generators([_mix(s, 0) for s in seeds], device),
         )
-        labels = decode_volume(pipe.label.autoencoder, z_label / pipe.label.scale, pipe.decode_patch).argmax(1)
+        labels = decode_volume(pipe.label.autoencoder, z_label / pipe.label.scale, pipe.decode_patch).argmax(
+            1
+        )
     labels = labels.to(device)
     # 2. condition: re-encode the discrete label (label_latent) or use it as it is
     label_latent = None

@@ -177,9 +177,7 @@ def run_table2(
     results: dict[tuple[str, str, str], dict[str, Any]] = {}
     for task in tasks:
         for arch in archs:
-            results[(arch, task, "real")] = _cell(
-                cfg, prepared_root, run_folder, arch, task, None, progress
-            )
+            results[(arch, task, "real")] = _cell(cfg, prepared_root, run_folder, arch, task, None, progress)
             if synthetic_dir is not None:
                 results[(arch, task, "real+synthetic")] = _cell(
                     cfg, prepared_root, run_folder, arch, task, Path(synthetic_dir), progress

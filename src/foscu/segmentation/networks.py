@@ -67,8 +67,9 @@ def dynunet_plan(
     return kernels, strides
 
 
-def required_multiple(arch: str, seg_cfg: SegmentationConfig, patch: Sequence[int],
-                      spacing: Sequence[float]) -> list[int]:
+def required_multiple(
+    arch: str, seg_cfg: SegmentationConfig, patch: Sequence[int], spacing: Sequence[float]
+) -> list[int]:
     """Per axis, the multiple the patch size must be for ``arch`` to map it back to itself."""
     n_down = len(seg_cfg.channels) - 1
     if arch in ("unet", "resunet", "wideresunet"):
@@ -125,15 +126,24 @@ def build_segmenter(
     if arch == "unet":
         levels = len(channels)
         return DynUNet(
-            spatial_dims=3, in_channels=1, out_channels=out_channels,
-            kernel_size=[3] * levels, strides=[1] + [2] * (levels - 1),
-            upsample_kernel_size=[2] * (levels - 1), filters=channels, res_block=False,
+            spatial_dims=3,
+            in_channels=1,
+            out_channels=out_channels,
+            kernel_size=[3] * levels,
+            strides=[1] + [2] * (levels - 1),
+            upsample_kernel_size=[2] * (levels - 1),
+            filters=channels,
+            res_block=False,
         )
     if arch in ("resunet", "wideresunet"):
         factor = seg_cfg.widen_factor if arch == "wideresunet" else 1
         return UNet(
-            spatial_dims=3, in_channels=1, out_channels=out_channels,
-            channels=[c * factor for c in channels], strides=[2] * (len(channels) - 1), num_res_units=2,
+            spatial_dims=3,
+            in_channels=1,
+            out_channels=out_channels,
+            channels=[c * factor for c in channels],
+            strides=[2] * (len(channels) - 1),
+            num_res_units=2,
         )
     if arch == "dynunet":
         kernels, strides = dynunet_plan(patch, spacing, len(channels))
@@ -142,9 +152,16 @@ def build_segmenter(
         # the two lowest; at tiny depths this leaves one)
         heads = max(1, min(2, levels - 2))
         return DynUNet(
-            spatial_dims=3, in_channels=1, out_channels=out_channels,
-            kernel_size=kernels, strides=strides, upsample_kernel_size=strides[1:],
-            filters=channels[:levels], res_block=False, deep_supervision=levels > 2, deep_supr_num=heads,
+            spatial_dims=3,
+            in_channels=1,
+            out_channels=out_channels,
+            kernel_size=kernels,
+            strides=strides,
+            upsample_kernel_size=strides[1:],
+            filters=channels[:levels],
+            res_block=False,
+            deep_supervision=levels > 2,
+            deep_supr_num=heads,
         )
     if arch == "vnet":
         return VNet(spatial_dims=3, in_channels=1, out_channels=out_channels, act=("prelu", {}))
