@@ -172,7 +172,9 @@ def seg_train_command(
     arch: Annotated[str, typer.Option("--arch", help="unet | resunet | wideresunet | dynunet | vnet")],
     task: Annotated[str, typer.Option("--task", help="binary (liver-only) | multiclass")],
     data: Annotated[Path, typer.Option("--data", help="prepared set (foscu prepare)")],
-    run: Annotated[Path, typer.Option("--run", help="run folder; writes RUN/seg/<arch>-<task>-<data>/")],
+    run: Annotated[
+        Path, typer.Option("--run", "--run-folder", help="run folder; writes RUN/seg/<arch>-<task>-<data>/")
+    ],
     config: Annotated[str, typer.Option("--config", help="preset (tiny, demo, paper) or YAML file")] = "demo",
     synthetic: Annotated[
         list[Path] | None, typer.Option("--synthetic", help="synthetic set (nnU-Net layout), repeatable")

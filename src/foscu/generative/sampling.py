@@ -151,6 +151,22 @@ def _step_generators(seeds: list[int], device: torch.device) -> list[torch.Gener
     return [torch.Generator(device=device).manual_seed(_mix(s, 99)) for s in seeds]
 
 
+def _sample_latent(
+    model: LatentModel,
+    seeds: list[int],
+    stream: int,
+    sampler: str,
+    steps: int,
+    control: nn.Module | None = None,
+    condition: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """z_0 for each seed; ``stream`` separates the label (0) and image (1) noise of one sample."""
+    device = next(model.unet.parameters()).device
+    stream_seeds = [_mix(s, stream) for s in seeds]
+    noise = _noise(model.latent_shape, stream_seeds, device)
+    return denoise(model, noise, sampler, steps, _step_generators(stream_seeds, device), control, condition)
+
+
 @torch.no_grad()
 def generate_batch(
     pipe: Pipeline, seeds: list[int], sampler: str, steps: int, labels: torch.Tensor | None = None
@@ -159,28 +175,15 @@ def generate_batch(
     device = next(pipe.image.unet.parameters()).device
     num_classes = len(pipe.labels)
     if pipe.controlnet is None:  # baselines: the image LDM alone
-        z_0 = denoise(
-            pipe.image,
-            _noise(pipe.image.latent_shape, [_mix(s, 1) for s in seeds], device),
-            sampler,
-            steps,
-            _step_generators([_mix(s, 1) for s in seeds], device),
-        )
+        z_0 = _sample_latent(pipe.image, seeds, 1, sampler, steps)
         images = decode_volume(pipe.image.autoencoder, z_0 / pipe.image.scale, pipe.decode_patch)
         return images.float().clamp(0, 1)[:, 0].cpu().numpy(), None
     assert pipe.label is not None
     # 1. label: sample a label latent, decode to class logits, take the argmax (unless labels are given)
     if labels is None:
-        z_label = denoise(
-            pipe.label,
-            _noise(pipe.label.latent_shape, [_mix(s, 0) for s in seeds], device),
-            sampler,
-            steps,
-            _step_generators([_mix(s, 0) for s in seeds], device),
-        )
-        labels = decode_volume(pipe.label.autoencoder, z_label / pipe.label.scale, pipe.decode_patch).argmax(
-            1
-        )
+        z_label = _sample_latent(pipe.label, seeds, 0, sampler, steps)
+        logits = decode_volume(pipe.label.autoencoder, z_label / pipe.label.scale, pipe.decode_patch)
+        labels = logits.argmax(1)
     labels = labels.to(device)
     # 2. condition: re-encode the discrete label (label_latent) or use it as it is
     label_latent = None
@@ -191,15 +194,7 @@ def generate_batch(
         pipe.condition or "", labels, label_latent, pipe.image.latent_shape[1:], num_classes
     )
     # 3. image: sample the image latent under ControlNet conditioning and decode
-    z_image = denoise(
-        pipe.image,
-        _noise(pipe.image.latent_shape, [_mix(s, 1) for s in seeds], device),
-        sampler,
-        steps,
-        _step_generators([_mix(s, 1) for s in seeds], device),
-        pipe.controlnet,
-        cond,
-    )
+    z_image = _sample_latent(pipe.image, seeds, 1, sampler, steps, pipe.controlnet, cond)
     images = decode_volume(pipe.image.autoencoder, z_image / pipe.image.scale, pipe.decode_patch)
     return images.float().clamp(0, 1)[:, 0].cpu().numpy(), labels.cpu().numpy().astype(np.uint8)
 
