@@ -337,7 +337,7 @@ def bench_controlnet_train(b: Bench, warmup: int, repeats: int) -> dict[str, Any
         condition=condition,
         latent_shape=tuple(cache.mean.shape[2:]),
         num_classes=NUM_CLASSES,
-        class_weights={},
+        class_weights={LABELS[name]: w for name, w in (section.class_weights or {}).items()},
     )
     scheduler = training_scheduler(b.cfg.image_ldm.scheduler, b.cfg.image_ldm.objective)
 
@@ -361,6 +361,7 @@ def bench_controlnet_train(b: Bench, warmup: int, repeats: int) -> dict[str, Any
         batch_size=section.train.batch_size,
         shape=[*b.roi],
         condition=condition,
+        class_weights=section.class_weights,
         note="ControlNet step on the frozen image UNet; ours: cached latents, reference: re-encoding "
         "every batch",
     )
@@ -392,6 +393,7 @@ def bench_pipeline(b: Bench) -> Any:
         b.cfg.controlnet.condition,
         b.roi,
         labels=dict(LABELS),
+        decode_patch=b.cfg.sample.decode_patch,
     )
 
 
