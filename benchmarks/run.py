@@ -573,9 +573,9 @@ class Plan:
 
 
 def make_plan(args: argparse.Namespace, device: torch.device) -> Plan:
-    """--quick: tiny sizes, short references, barely trained quality networks (a smoke run, < 1 min);
-    otherwise the preset's sizes. On 2 CPU cores one demo-size DDPM step of a pair takes ~2.5 s, so the
-    1000-step reference is extrapolated there (~40 min whole); on a GPU it is timed whole."""
+    """--quick: tiny sizes, a 20-step DDPM reference extrapolated to 1000, barely trained quality networks
+    (a smoke run, < 1 min); otherwise the preset's sizes and the 1000-step reference timed whole (~2.5 min
+    for a demo pair on 2 CPU cores; ``--reference-steps`` extrapolates from fewer)."""
     if args.quick:
         plan = Plan(
             args.preset or "tiny",
@@ -588,7 +588,7 @@ def make_plan(args: argparse.Namespace, device: torch.device) -> Plan:
     elif device.type == "cuda":
         plan = Plan(args.preset or "demo", repeats=10, sample_repeats=3, reference_steps=TRAIN_TIMESTEPS)
     else:
-        plan = Plan(args.preset or "demo")
+        plan = Plan(args.preset or "demo", reference_steps=TRAIN_TIMESTEPS, quality_samples=6)
     if args.reference_steps is not None:
         plan = Plan(**{**plan.__dict__, "reference_steps": args.reference_steps})
     return plan
