@@ -192,3 +192,9 @@ def test_two_process_torchrun_on_cpu(tmp_path):
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [3, 6]  # one writer, not two
     assert "net.0.weight" in _weights(tmp_path / "model.safetensors")
+
+
+def test_epochs_count_passes_over_the_training_set(tmp_path):
+    # 12 cases, batch 4: 3 steps an epoch; 2 epochs = 6 steps whatever `steps` says
+    result = fit(tmp_path, build(), toy_loss, ToySet(), cfg(steps=100, epochs=2), trainable=["net"], progress=False)
+    assert result.steps == 6

@@ -31,6 +31,7 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(2, ge=1)
     steps: int = Field(100, ge=1, description="optimizer steps (an epoch = one pass over the training set)")
+    epochs: int | None = Field(None, ge=1, description="if set, train this many epochs instead of `steps`")
     grad_clip: float | None = Field(1.0, gt=0)
     amp: Literal["none", "bf16", "fp16"] = "bf16"  # autocast dtype on GPU; CPU always runs fp32
     ema_decay: float | None = Field(None, gt=0, lt=1)

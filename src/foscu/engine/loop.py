@@ -90,6 +90,13 @@ class StepBatches:
             yield self.batch(step)
 
 
+def total_steps(n: int, cfg: TrainConfig, world: int = 1) -> int:
+    """``cfg.steps``, or ``cfg.epochs`` passes over ``n`` cases (each rank sees its shard per epoch)."""
+    if cfg.epochs is None:
+        return cfg.steps
+    return cfg.epochs * max(1, math.ceil(n / world) // cfg.batch_size)
+
+
 def _to(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
@@ -243,7 +250,8 @@ def fit(
             nets[name].train()
         return {k: float(v) for k, v in values.items()}
 
-    sampler = StepBatches(len(train_set), cfg.batch_size, seed, dist.rank, dist.world_size, step, cfg.steps)
+    total = total_steps(len(train_set), cfg, dist.world_size)
+    sampler = StepBatches(len(train_set), cfg.batch_size, seed, dist.rank, dist.world_size, step, total)
     loader = DataLoader(
         train_set,
         batch_sampler=sampler,
@@ -254,7 +262,7 @@ def fit(
     running: dict[str, float] = {}
     stopped_early = False
     step_start, t0 = step, time.perf_counter()
-    with progress_bar(description or folder.name, cfg.steps, enabled=progress and dist.is_main) as advance:
+    with progress_bar(description or folder.name, total, enabled=progress and dist.is_main) as advance:
         advance(step)
         for batch in loader:
             # 4. one step: the RNG is a function of (seed, step, rank), so resume is exact
@@ -289,7 +297,7 @@ def fit(
             advance(1, loss=float(loss.detach()))
 
             # 5. log, validate, keep the best, stop early, checkpoint
-            last_step = step == cfg.steps
+            last_step = step == total
             if step % cfg.val_every == 0 or last_step:
                 n = running.pop("_n")
                 values = distributed.all_mean({k: v / n for k, v in running.items()}, device)
