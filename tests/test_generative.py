@@ -134,6 +134,7 @@ def test_controlnet_before_image_ldm_names_image_ldm(tiny_run, tiny_prepared, tm
     assert result.exit_code == 2
     assert "image-ldm" in result.output and "foscu train image-ldm" in result.output
     assert len(result.output.strip().splitlines()) == 1
+    assert sorted(p.name for p in run.iterdir()) == ["image-vae"]  # nothing written by the refused stage
 
 
 def test_a_run_made_for_another_roi_is_refused(tiny_run, tiny_phantom, tmp_path):

@@ -446,8 +446,8 @@ def train_stage(
     dist = distributed.setup()
     prepared = read_prepared(Path(data))
     run = RunFolder(run_root)
+    check_prerequisites(run, name, cfg)  # refuse before anything is written into the run folder
     check_run_data(run, prepared)
-    check_prerequisites(run, name, cfg)
     torch.manual_seed(cfg.seed)
     if stage.kind in ("autoencoder", "vqvae"):
         recipe = _autoencoder_recipe(stage, cfg, prepared, dist.device)
