@@ -60,3 +60,18 @@ def test_yaml_file_round_trip(tmp_path):
 def test_missing_config_file(tmp_path):
     with pytest.raises(InputError, match="no such config file"):
         load_config(str(tmp_path / "nope.yaml"))
+
+
+def test_paper_preset_trains_the_papers_epochs_and_can_run_every_ablation():
+    from foscu.engine.loop import total_steps
+    from foscu.generative.controlnet import embedding_channels
+
+    cfg = load_config("paper")
+    # paper II-B: VAE 2000 epochs, diffusion 4000, ControlNet 5000; 504 training cases
+    assert total_steps(504, cfg.image_vae.train) == 2000 * 252
+    assert total_steps(504, cfg.label_ldm.train) == 4000 * 63
+    assert total_steps(504, cfg.controlnet.train) == 5000 * 63
+    downsamples = len(cfg.image_vae.autoencoder["channels"]) - 1
+    for condition in ("label_latent", "label_downsampled", "label_fullres"):
+        stage = cfg.controlnet.model_copy(update={"condition": condition})
+        assert embedding_channels(stage, downsamples)  # raises if the ablation could not be built
