@@ -5,7 +5,6 @@ Heavy imports live inside the commands so ``foscu --help`` is instant.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -372,4 +371,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -110,13 +110,15 @@ class ExperimentConfig(Section):
     ablation_samples: int | None = Field(None, ge=1, description="pairs per ablation row (None: as sample.n)")
 
 
+Arch = Literal["unet", "resunet", "wideresunet", "dynunet", "vnet"]
+ARCHS: tuple[Arch, ...] = ("unet", "resunet", "wideresunet", "dynunet", "vnet")
+
+
 class SegmentationConfig(Section):
     """Paper II-C: five 3D U-Nets, Dice + (B)CE, AdamW lr 1e-4, early stopping patience 10."""
 
-    archs: list[Literal["unet", "resunet", "wideresunet", "dynunet", "vnet"]] = Field(
-        default_factory=lambda: ["unet", "resunet", "wideresunet", "dynunet", "vnet"]
-    )
-    tasks: list[Literal["binary", "multiclass"]] = Field(default_factory=lambda: ["binary", "multiclass"])
+    archs: list[Arch] = Field(default_factory=lambda: list(ARCHS))
+    tasks: list[Literal["binary", "multiclass"]] = Field(default_factory=lambda: ["binary", "multiclass"])  # type: ignore[arg-type]
     channels: list[int] = Field(default_factory=lambda: [16, 32, 64, 128, 256])
     widen_factor: int = Field(2, ge=1, description="WideResUNet: channels x this factor")
     patch_size: list[int] | None = None  # None: the whole prepared ROI
@@ -215,7 +217,7 @@ def provenance(seed: int) -> dict[str, Any]:
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for pkg in ("foscu", "torch", "monai", "numpy", "nibabel", "SimpleITK", "pydicom"):
         try:
             versions[pkg] = version(pkg)

@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,7 @@ class Protocol:
                     f"sample ablation {condition}",
                     "sample",
                     [out / "samples.json"],
-                    lambda c=condition, o=out: self._sample("duo", o, n_ablation, ablation_folder(c)),
+                    partial(self._sample, "duo", out, n_ablation, ablation_folder(condition)),
                 )
             )
         steps += [
@@ -270,8 +271,8 @@ class Protocol:
         from foscu.segmentation.predict import predict_folder
 
         segmenter = self._segmenter()
-        rows = []
-        sets = [(self.cfg.controlnet.condition, self.run.samples)]
+        rows: list[dict[str, Any]] = []
+        sets: list[tuple[str, Path]] = [(self.cfg.controlnet.condition, self.run.samples)]
         sets += [
             (c, self.run.root / "ablation" / c)
             for c in CONDITIONS
@@ -285,7 +286,7 @@ class Protocol:
             metrics = evaluate_segmentation(
                 pred, folder, "multiclass", self.ev / "pair_fidelity" / f"{condition}.json"
             )
-            row = {"condition": condition, "samples": len(metrics["cases"])}
+            row: dict[str, Any] = {"condition": condition, "samples": len(metrics["cases"])}
             for name, value in metrics["mean"].items():
                 if isinstance(value, dict) and "dice" in value:
                     row[f"dice {name}"] = value["dice"]

@@ -68,7 +68,8 @@ class VolumeSet(Dataset):
             generator = torch.Generator().manual_seed(item_seed)
             shape = label.shape
             corner = [
-                int(torch.randint(0, s - p + 1, (1,), generator=generator)) for s, p in zip(shape, self.patch, strict=False)
+                int(torch.randint(0, s - p + 1, (1,), generator=generator))
+                for s, p in zip(shape, self.patch, strict=False)
             ]
             window = tuple(slice(c, c + p) for c, p in zip(corner, self.patch, strict=True))
             image, label = image[(slice(None), *window)], label[window]

@@ -267,7 +267,9 @@ def generate_case(
             radius_mm = rng.uniform(5.0, 20.0) * min(1.0, fov[0] / 240.0 * 1.5)
             radius_mm = max(radius_mm, 1.6 * spacing_arr.max())
             radii = radius_mm * rng.uniform(0.8, 1.2, size=3)
-            tx, ty, tz = np.meshgrid(*[a - c for a, c in zip(coords_mm, c_mm, strict=False)], indexing="ij", sparse=True)
+            tx, ty, tz = np.meshgrid(
+                *[a - c for a, c in zip(coords_mm, c_mm, strict=False)], indexing="ij", sparse=True
+            )
             lobulation = 1.0 + 0.15 * np.sin(3 * np.arctan2(ty, tx) + rng.uniform(0, 6.28))
             inside = (tx / radii[0]) ** 2 + (ty / radii[1]) ** 2 + (tz / radii[2]) ** 2 < lobulation**2
             inside &= liver

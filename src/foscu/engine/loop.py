@@ -109,7 +109,7 @@ def _to(batch: Any, device: torch.device) -> Any:
 
 @torch.no_grad()
 def _ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
-    ema_params = [p for p in ema.parameters()]
+    ema_params: list[torch.Tensor] = list(ema.parameters())
     params = [p.detach() for p in distributed_plain(net).parameters()]
     torch._foreach_lerp_(ema_params, params, 1.0 - decay)
     for b_ema, b in zip(ema.buffers(), distributed_plain(net).buffers(), strict=True):
@@ -250,8 +250,9 @@ def fit(
             nets[name].train()
         return {k: float(v) for k, v in values.items()}
 
-    total = total_steps(len(train_set), cfg, dist.world_size)
-    sampler = StepBatches(len(train_set), cfg.batch_size, seed, dist.rank, dist.world_size, step, total)
+    n_cases = len(train_set)  # type: ignore[arg-type]  # every FOSCU dataset is sized
+    total = total_steps(n_cases, cfg, dist.world_size)
+    sampler = StepBatches(n_cases, cfg.batch_size, seed, dist.rank, dist.world_size, step, total)
     loader = DataLoader(
         train_set,
         batch_sampler=sampler,

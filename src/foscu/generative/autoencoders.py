@@ -101,7 +101,7 @@ def vqvae_loss(nets: dict[str, nn.Module], batch: dict[str, Any]) -> dict[str, t
 
 def encode(autoencoder: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Latent mean and sigma; a VQ-VAE is deterministic (sigma 0, the quantised latent as mean)."""
-    net = getattr(autoencoder, "module", autoencoder)
+    net: Any = getattr(autoencoder, "module", autoencoder)  # MONAI AutoencoderKL or VQVAE
     if hasattr(net, "encode_stage_2_inputs") and not hasattr(net, "sampling"):  # VQVAE
         z = net.encode_stage_2_inputs(x)
         return z, torch.zeros_like(z)
@@ -111,7 +111,7 @@ def encode(autoencoder: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch
 
 def decode(autoencoder: nn.Module, z: torch.Tensor) -> torch.Tensor:
     """Latent -> volume (label logits or image); a VQ-VAE quantises first."""
-    net = getattr(autoencoder, "module", autoencoder)
+    net: Any = getattr(autoencoder, "module", autoencoder)
     if hasattr(net, "decode_stage_2_outputs"):
         return net.decode_stage_2_outputs(z)
     return net.decode(z)

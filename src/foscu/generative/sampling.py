@@ -49,7 +49,7 @@ def decode_volume(autoencoder: nn.Module, z: torch.Tensor, patch: list[int] | No
     def predictor(tile: torch.Tensor) -> torch.Tensor:
         return autoencoders.decode(autoencoder, tile)
 
-    return sliding_window_inference(
+    return sliding_window_inference(  # type: ignore[return-value]  # a tensor predictor gives a tensor
         z, roi_size=patch, sw_batch_size=1, predictor=predictor, overlap=0.5, mode="gaussian"
     )
 

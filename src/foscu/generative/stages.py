@@ -268,6 +268,7 @@ def _diffusion_recipe(
     stage: Stage, cfg: FoscuConfig, prepared: PreparedSet, run: RunFolder, device: torch.device
 ) -> dict:
     section = getattr(cfg, stage.section)
+    assert stage.encoder is not None  # every diffusion stage names its autoencoder in STAGES
     cache, meta = latents.read_cache(ensure_latents(run, stage.encoder, prepared, cfg.seed))
     scale = float(meta["scale_factor"])
     mean = cache["training"]["mean"]
