@@ -196,5 +196,7 @@ def test_two_process_torchrun_on_cpu(tmp_path):
 
 def test_epochs_count_passes_over_the_training_set(tmp_path):
     # 12 cases, batch 4: 3 steps an epoch; 2 epochs = 6 steps whatever `steps` says
-    result = fit(tmp_path, build(), toy_loss, ToySet(), cfg(steps=100, epochs=2), trainable=["net"], progress=False)
+    result = fit(
+        tmp_path, build(), toy_loss, ToySet(), cfg(steps=100, epochs=2), trainable=["net"], progress=False
+    )
     assert result.steps == 6

@@ -14,25 +14,30 @@ from foscu.cli import app
 runner = CliRunner()
 
 
+def _experiment_args(prepared, run) -> list[str]:
+    """The tiny experiment: one segmentation architecture, three samples per synthetic set."""
+    return [
+        "experiment",
+        "--config",
+        "tiny",
+        "--data",
+        str(prepared),
+        "--run",
+        str(run),
+        "--set",
+        "segmentation.archs=[unet]",
+        "--set",
+        "sample.n=3",
+    ]
+
+
 @pytest.fixture(scope="module")
 def experiment_run(tiny_run, tiny_prepared, tmp_path_factory):
     run = tmp_path_factory.mktemp("experiment") / "run"
     shutil.copytree(tiny_run, run)  # the seven stages are trained: the experiment must skip them
     result = runner.invoke(
         app,
-        [
-            "experiment",
-            "--config",
-            "tiny",
-            "--data",
-            str(tiny_prepared),
-            "--run",
-            str(run),
-            "--set",
-            "segmentation.archs=[unet]",
-            "--set",
-            "sample.n=3",
-        ],
+        _experiment_args(tiny_prepared, run),
     )
     assert result.exit_code == 0, result.output
     return run, result.output
@@ -96,21 +101,7 @@ def test_rerun_skips_every_step_and_unknown_groups_are_refused(experiment_run, t
     before = (run / "evaluation" / "table1.json").stat().st_mtime_ns
     result = runner.invoke(
         app,
-        [
-            "experiment",
-            "--config",
-            "tiny",
-            "--data",
-            str(tiny_prepared),
-            "--run",
-            str(run),
-            "--set",
-            "segmentation.archs=[unet]",
-            "--set",
-            "sample.n=3",
-            "--only",
-            "table1",
-        ],
+        [*_experiment_args(tiny_prepared, run), "--only", "table1"],
     )
     assert result.exit_code == 0 and "[skip] Table I" in result.output
     assert (run / "evaluation" / "table1.json").stat().st_mtime_ns == before

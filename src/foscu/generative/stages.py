@@ -6,7 +6,7 @@ so a stage can always be rebuilt from its own folder, whatever the current confi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,22 @@ STAGES: dict[str, Stage] = {
     "vqvae-ldm": Stage("vqvae-ldm", "vqvae_ldm", "diffusion", "image", ("vqvae",), "vqvae"),
     "controlnet": Stage("controlnet", "controlnet", "controlnet", "image", ("image-vae", "image-ldm")),
 }
+
+
+@dataclass
+class Recipe:
+    """What a stage hands the engine: its networks, pure loss, data, validation and what it records."""
+
+    nets: dict[str, nn.Module]
+    loss_fn: Any
+    train_set: Any
+    validate: Any
+    info: dict[str, Any]
+    trainable: list[str]
+    adversary: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
 LATENT_KIND = {"label-vae": "label", "image-vae": "image", "vqvae": "vqvae"}
 
 
@@ -164,7 +180,9 @@ def _dice_foreground(pred: torch.Tensor, target: torch.Tensor, num_classes: int)
     return sum(scores) / len(scores) if scores else 1.0
 
 
-def _autoencoder_recipe(stage: Stage, cfg: FoscuConfig, prepared: PreparedSet, device: torch.device) -> dict:
+def _autoencoder_recipe(
+    stage: Stage, cfg: FoscuConfig, prepared: PreparedSet, device: torch.device
+) -> Recipe:
     section = getattr(cfg, stage.section)
     num_classes = len(prepared.labels)
     channels = num_classes if stage.data == "label" else 1
@@ -212,16 +230,8 @@ def _autoencoder_recipe(stage: Stage, cfg: FoscuConfig, prepared: PreparedSet, d
     }
     trainable = ["autoencoder"]
     adversary = ["discriminator"] if "discriminator" in nets else []
-    return dict(
-        nets=nets,
-        loss_fn=loss_fn,
-        train_set=VolumeSet(train, num_classes, _patch(section.patch_size, stage, info, prepared)),
-        validate=validate,
-        info=info,
-        trainable=trainable,
-        adversary=adversary,
-        metadata={},
-    )
+    train_set = VolumeSet(train, num_classes, _patch(section.patch_size, stage, info, prepared))
+    return Recipe(nets, loss_fn, train_set, validate, info, trainable, adversary)
 
 
 def _patch(patch: list[int] | None, stage: Stage, info: dict, prepared: PreparedSet) -> list[int] | None:
@@ -266,7 +276,7 @@ def ensure_latents(run: RunFolder, encoder_stage: str, prepared: PreparedSet, se
 
 def _diffusion_recipe(
     stage: Stage, cfg: FoscuConfig, prepared: PreparedSet, run: RunFolder, device: torch.device
-) -> dict:
+) -> Recipe:
     section = getattr(cfg, stage.section)
     assert stage.encoder is not None  # every diffusion stage names its autoencoder in STAGES
     cache, meta = latents.read_cache(ensure_latents(run, stage.encoder, prepared, cfg.seed))
@@ -298,16 +308,8 @@ def _diffusion_recipe(
     }
     loss_fn = partial(diffusion.denoising_loss, scheduler=scheduler, objective=section.objective)
     train_set = LatentSet(mean.to(device), cache["training"]["sigma"].to(device), scale)
-    return dict(
-        nets=nets,
-        loss_fn=loss_fn,
-        train_set=train_set,
-        validate=validate,
-        info=info,
-        trainable=["unet"],
-        adversary=[],
-        metadata={"scale_factor": scale, "encoder": stage.encoder},
-    )
+    metadata = {"scale_factor": scale, "encoder": stage.encoder}
+    return Recipe(nets, loss_fn, train_set, validate, info, ["unet"], metadata=metadata)
 
 
 def controlnet_batch(
@@ -331,7 +333,7 @@ def controlnet_batch(
 
 def _controlnet_recipe(
     stage: Stage, cfg: FoscuConfig, prepared: PreparedSet, run: RunFolder, device: torch.device
-) -> dict:
+) -> Recipe:
     section = cfg.controlnet
     ldm_nets, ldm_meta, ldm_info = load_stage(run, "image-ldm")
     vae_info = read_stage_info(run, "image-vae")
@@ -416,16 +418,8 @@ def _controlnet_recipe(
         "unet": ldm_info["section"]["unet"],
         "objective": objective,
     }
-    return dict(
-        nets=nets,
-        loss_fn=loss_fn,
-        train_set=train_set,
-        validate=validate,
-        info=info,
-        trainable=["controlnet"],
-        adversary=[],
-        metadata={"scale_factor": scale, "condition": section.condition},
-    )
+    metadata = {"scale_factor": scale, "condition": section.condition}
+    return Recipe(nets, loss_fn, train_set, validate, info, ["controlnet"], metadata=metadata)
 
 
 # ---------------------------------------------------------------- the one entry point
@@ -462,7 +456,7 @@ def train_stage(
         "stage": name,
         "kind": stage.kind,
         "section": section.model_dump(mode="json"),
-        **recipe["info"],
+        **recipe.info,
         "roi": list(prepared.roi),
         "spacing": list(prepared.spacing),
         "labels": prepared.labels,
@@ -475,18 +469,18 @@ def train_stage(
     monitor = None
     return fit(
         folder,
-        recipe["nets"],
-        recipe["loss_fn"],
-        recipe["train_set"],
+        recipe.nets,
+        recipe.loss_fn,
+        recipe.train_set,
         train,
-        trainable=recipe["trainable"],
-        adversary=recipe["adversary"],
-        validate=recipe["validate"],
+        trainable=recipe.trainable,
+        adversary=recipe.adversary,
+        validate=recipe.validate,
         monitor=monitor,
         seed=cfg.seed,
         resume=resume,
         description=folder.name,
-        metadata=recipe["metadata"],
+        metadata=recipe.metadata,
         progress=progress,
     )
 
