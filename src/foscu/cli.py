@@ -194,7 +194,7 @@ def seg_train_command(
         cfg = load_config(config, overrides)
         folder, result = train_segmenter(
             arch,
-            task,
+            task,  # type: ignore[arg-type]  # checked above
             cfg,
             data,
             run,

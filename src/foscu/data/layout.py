@@ -74,8 +74,7 @@ def list_cases(root: Path, require_labels: bool = True) -> list[Case]:
         if not lab.is_file():
             if require_labels:
                 raise InputError(img, f"has no label file {lab.relative_to(root)}")
-            lab = None
-        cases.append(Case(case_id, img, lab))
+        cases.append(Case(case_id, img, lab if lab.is_file() else None))
     if not cases:
         raise InputError(images_dir, f"no images named <case>{CHANNEL_SUFFIX}{FILE_ENDING}")
     return cases

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,7 @@ def read_nifti(path: str | Path, *, label: bool = False) -> Volume:
     if not path.is_file():
         raise InputError(path, "file not found")
     try:
-        img = nib.load(str(path))
+        img: Any = nib.load(str(path))  # a NIfTI image (nibabel types it as any file image)
         data = np.asanyarray(img.dataobj)
         affine = np.asarray(img.affine, dtype=np.float64)
     except Exception as err:  # nibabel raises many types for truncated/corrupt files

@@ -142,7 +142,7 @@ def generate_case(
     abdomen, so small test shapes keep every structure.
     """
     rng = np.random.default_rng([seed, case_index])
-    shape = tuple(int(s) for s in shape)
+    shape = (int(shape[0]), int(shape[1]), int(shape[2]))
     spacing_arr = np.asarray(spacing, dtype=np.float64)
     fov = np.asarray(shape) * spacing_arr
     axes = [(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing_arr, strict=False)]
@@ -332,10 +332,9 @@ def write_phantom_set(
     from foscu.runs import atomic_folder
 
     workers = workers or min(cases, os.cpu_count() or 1)
-    jobs = [(None, i, seed, tuple(shape), tuple(spacing)) for i in range(cases)]
     tumors: dict[str, int] = {}
     with atomic_folder(out) as tmp:
-        jobs = [(tmp, *j[1:]) for j in jobs]
+        jobs = [(tmp, i, seed, tuple(shape), tuple(spacing)) for i in range(cases)]
         with progress_bar("phantom", total=cases, enabled=progress) as advance:
             if workers > 1:
                 with ProcessPoolExecutor(workers) as pool:

@@ -124,4 +124,4 @@ class SeededDataset(Dataset):
         else:
             index = key
         item = {k: self.items[index][k] for k in KEYS}
-        return apply_transform(self.transform, copy.deepcopy(item))
+        return apply_transform(self.transform, copy.deepcopy(item))  # type: ignore[return-value]

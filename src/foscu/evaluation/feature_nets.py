@@ -197,7 +197,7 @@ class FIDInceptionV3(nn.Module):
             self.Mixed_7c,
         ):
             x = block(x)
-        return x.mean(dim=(2, 3))  # (B, 2048, 8, 8) -> (B, 2048)
+        return x.mean(dim=(2, 3))  # type: ignore[no-any-return]  # (B, 2048, 8, 8) -> (B, 2048)
 
 
 class KerasBottleneck(nn.Module):
@@ -248,7 +248,7 @@ class RadImageNetResNet50(nn.Module):
         mean = torch.tensor(IMAGENET_MEAN_BGR, dtype=x.dtype, device=x.device)
         x = x - mean.view(1, 3, 1, 1)
         x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), kernel_size=3, stride=2, padding=1)
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, 2048, H/32, W/32)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # type: ignore[operator]  # (B, 2048, H/32, W/32)
         return x.mean(dim=(2, 3))
 
 
@@ -335,4 +335,4 @@ def load_feature_net(
         raise InputError(path, f"does not fit the {name} network: {detail}")
     net.load_state_dict(state, strict=False)
     # channels_last: about 1.4x faster convolutions on CPU (oneDNN), same features up to rounding
-    return net.eval().to(memory_format=torch.channels_last), path
+    return net.eval().to(memory_format=torch.channels_last), path  # type: ignore[call-overload]

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -88,7 +89,7 @@ def memorization_audit(
     np.fill_diagonal(real_corr, -np.inf)
     real_nn = real_corr.max(axis=1)
     threshold = float(real_nn.max())
-    samples = {}
+    samples: dict[str, dict[str, Any]] = {}
     for sid, volume in synthetic.items():
         corr = real @ _standardise(volume, downsample)
         k = int(np.argmax(corr))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -177,6 +177,7 @@ def run_table2(
     results: dict[tuple[str, str, str], dict[str, Any]] = {}
     for task in tasks:
         for arch in archs:
+            task = cast(Task, task)
             results[(arch, task, "real")] = _cell(cfg, prepared_root, run_folder, arch, task, None, progress)
             if synthetic_dir is not None:
                 results[(arch, task, "real+synthetic")] = _cell(

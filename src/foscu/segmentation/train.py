@@ -106,7 +106,7 @@ def synthetic_items(dirs: list[Path], roi: tuple[int, ...]) -> list[dict[str, st
                 Path(root) / "dataset.json", f"label map {labels} differs from the real one {LABELS}"
             )
         for case in list_cases(Path(root)):
-            shape = tuple(nib.load(str(case.image)).shape[:3])
+            shape = tuple(nib.load(str(case.image)).shape[:3])  # type: ignore[attr-defined]
             if shape != tuple(roi):
                 raise InputError(case.image, f"shape {shape} differs from the prepared ROI {tuple(roi)}")
             assert case.label is not None
