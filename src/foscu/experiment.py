@@ -11,7 +11,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -184,27 +184,29 @@ class Protocol:
         import torch
 
         from foscu.data.layout import image_path, write_dataset_json
-        from foscu.data.loaders import load_split
         from foscu.data.nifti import write_nifti
+        from foscu.engine import distributed
         from foscu.generative.autoencoders import decode, encode
         from foscu.generative.stages import load_stage
         from foscu.runs import atomic_folder
 
-        nets, _, _ = load_stage(self.run, "image-vae")
-        vae = nets["autoencoder"]
-        volumes = load_split(self.prepared, "training")
+        device = distributed.current().device
+        vae = load_stage(self.run, "image-vae")[0]["autoencoder"].to(device)
         affine = np.diag([*self.prepared.spacing, 1.0])
         with atomic_folder(self._baseline("vae-reconstruction"), overwrite=True) as tmp, torch.no_grad():
-            for case_id, image in zip(volumes.case_ids, volumes.images, strict=True):
-                recon = decode(vae, encode(vae, image[None])[0]).float().clamp(0, 1)[0, 0].numpy()
+            for case_id, image in self.real_training.items():
+                x = torch.from_numpy(image)[None, None].to(device)  # (1, 1, X, Y, Z)
+                recon = decode(vae, encode(vae, x)[0]).float().clamp(0, 1)[0, 0].cpu().numpy()
                 write_nifti(image_path(tmp, case_id), recon, affine)
             write_dataset_json(
-                tmp, "FOSCU image-VAE reconstructions", len(volumes), labels=self.prepared.labels
+                tmp, "FOSCU image-VAE reconstructions", len(self.real_training), labels=self.prepared.labels
             )
 
     # ------------------------------------------------------------ evaluation
 
-    def _real_training(self) -> dict[str, np.ndarray]:
+    @cached_property
+    def real_training(self) -> dict[str, np.ndarray]:
+        """The real training images, read once for Table I, diversity and the memorization audit."""
         from foscu.data.loaders import load_split
 
         volumes = load_split(self.prepared, "training")
@@ -214,7 +216,7 @@ class Protocol:
         from foscu.evaluation.fid import fid_25d, read_volumes
 
         e = self.cfg.evaluation
-        real = list(self._real_training().values())
+        real = list(self.real_training.values())
         rows, metric, note = [], "FRD", ""
         sets = [
             ("3D-LDM w/ VQ-VAE", self._baseline("vqvae-ldm")),
@@ -290,11 +292,7 @@ class Protocol:
             for name, value in metrics["mean"].items():
                 if isinstance(value, dict) and "dice" in value:
                     row[f"dice {name}"] = value["dice"]
-            row["dice mean"] = (
-                metrics.get("foreground_mean", {}).get("dice")
-                if isinstance(metrics.get("foreground_mean"), dict)
-                else metrics.get("foreground_mean")
-            )
+            row["dice mean"] = metrics["foreground_mean"]["dice"]
             rows.append(row)
         best = max(rows, key=lambda r: r["dice mean"] if r["dice mean"] is not None else -1)
         write_json_atomic(
@@ -306,7 +304,7 @@ class Protocol:
                 f"were generated from (nnU-Net empty-class convention); best conditioning: {best['condition']}",
             },
         )
-        real = self._real_training()
+        real = self.real_training
         synthetic = read_volumes(self.run.samples)
         div_rows = [
             {"set": "real training", **diversity(list(real.values()))},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from foscu.errors import InputError
 from foscu.labels import LABELS
@@ -78,3 +79,35 @@ def list_cases(root: Path, require_labels: bool = True) -> list[Case]:
     if not cases:
         raise InputError(images_dir, f"no images named <case>{CHANNEL_SUFFIX}{FILE_ENDING}")
     return cases
+
+
+def _nifti_files(folder: Path, suffix: str) -> dict[str, Path]:
+    """``<case><suffix>.nii(.gz)`` in ``folder`` -> {case: path}."""
+    files = {}
+    for ending in (FILE_ENDING, ".nii"):
+        for path in sorted(folder.glob(f"*{suffix}{ending}")):
+            files[path.name[: -len(suffix + ending)]] = path
+    return files
+
+
+def case_files(folder: Path, kind: Literal["images", "labels"]) -> dict[str, Path]:
+    """Case id -> NIfTI file in an nnU-Net set root (``<kind>Tr/``, ``<kind>Ts/``) or in a plain folder.
+
+    Images are ``<case>_0000.nii.gz`` (a plain folder without such names may hold ``<case>.nii.gz``);
+    labels are ``<case>.nii.gz``.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, "folder not found")
+    subdirs = [folder / f"{kind}{s}" for s in ("Tr", "Ts") if (folder / f"{kind}{s}").is_dir()]
+    suffix = CHANNEL_SUFFIX if kind == "images" else ""
+    files: dict[str, Path] = {}
+    for sub in subdirs or [folder]:
+        files.update(_nifti_files(sub, suffix))
+    if not files and not subdirs and kind == "images":
+        files = _nifti_files(folder, "")
+    if not files:
+        raise InputError(
+            folder, f"no {kind} (expected {kind}Tr/<case>{suffix}{FILE_ENDING} or *{FILE_ENDING})"
+        )
+    return files

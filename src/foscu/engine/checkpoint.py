@@ -18,7 +18,7 @@ from foscu.errors import InputError
 from foscu.runs import atomic_path
 
 
-def _plain(module: nn.Module) -> nn.Module:
+def plain(module: nn.Module) -> nn.Module:
     """The network inside a DistributedDataParallel or torch.compile wrapper."""
     module = getattr(module, "module", module)
     return getattr(module, "_orig_mod", module)
@@ -28,7 +28,7 @@ def state_tensors(nets: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
     """Flatten a dict of networks into ``<net>.<key>`` -> CPU tensor (cloned: no shared storage)."""
     out: dict[str, torch.Tensor] = {}
     for name, net in nets.items():
-        for key, value in _plain(net).state_dict().items():
+        for key, value in plain(net).state_dict().items():
             out[f"{name}.{key}"] = value.detach().to("cpu").contiguous().clone()
     return out
 
@@ -74,7 +74,7 @@ def load_weights(path: str | Path, nets: dict[str, nn.Module], strict: bool = Tr
         if not state and strict:
             raise InputError(path, f"holds no weights for network {name!r} (has: {_net_names(tensors)})")
         try:
-            _plain(net).load_state_dict(state, strict=strict)
+            plain(net).load_state_dict(state, strict=strict)
         except RuntimeError as err:
             first = str(err).splitlines()[0] if str(err) else "shape mismatch"
             raise InputError(path, f"weights do not fit network {name!r}: {first}") from None

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from foscu.config import TrainConfig
 from foscu.engine import distributed
-from foscu.engine.checkpoint import load_state, load_weights, save_state, save_weights
+from foscu.engine.checkpoint import load_state, load_weights, plain, save_state, save_weights
 from foscu.engine.tracking import MetricsLog, progress_bar
 from foscu.errors import InputError
 from foscu.runs import write_json_atomic
@@ -110,14 +110,10 @@ def _to(batch: Any, device: torch.device) -> Any:
 @torch.no_grad()
 def _ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
     ema_params: list[torch.Tensor] = list(ema.parameters())
-    params = [p.detach() for p in distributed_plain(net).parameters()]
+    params = [p.detach() for p in plain(net).parameters()]
     torch._foreach_lerp_(ema_params, params, 1.0 - decay)
-    for b_ema, b in zip(ema.buffers(), distributed_plain(net).buffers(), strict=True):
+    for b_ema, b in zip(ema.buffers(), plain(net).buffers(), strict=True):
         b_ema.copy_(b)
-
-
-def distributed_plain(net: nn.Module) -> nn.Module:
-    return getattr(net, "module", net)
 
 
 def _better(value: float, best: float | None, mode: str) -> bool:
@@ -212,7 +208,7 @@ def fit(
     log = MetricsLog(folder, resume_step=step, enabled=dist.is_main)
 
     def deliverable() -> dict[str, nn.Module]:
-        return {n: ema.get(n, distributed_plain(nets[n])) for n in trainable}
+        return {n: ema.get(n, plain(nets[n])) for n in trainable}
 
     def checkpoint() -> None:
         if dist.is_main:
@@ -241,7 +237,7 @@ def fit(
     def run_validation() -> dict[str, float]:
         if validate is None:
             return {}
-        eval_nets = {**{n: distributed_plain(m) for n, m in nets.items()}, **deliverable()}
+        eval_nets = {**{n: plain(m) for n, m in nets.items()}, **deliverable()}
         for net in eval_nets.values():
             net.eval()
         with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):

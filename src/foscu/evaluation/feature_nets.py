@@ -334,5 +334,6 @@ def load_feature_net(
         )
         raise InputError(path, f"does not fit the {name} network: {detail}")
     net.load_state_dict(state, strict=False)
-    # channels_last: about 1.4x faster convolutions on CPU (oneDNN), same features up to rounding
+    # channels_last, measured on 2 CPU cores (32 random 64x64 slices, random weights): Inception 1.56x,
+    # RadImageNet 1.15x faster than contiguous; same features up to rounding
     return net.eval().to(memory_format=torch.channels_last), path  # type: ignore[call-overload]

@@ -302,28 +302,15 @@ def _slice_features(slices: np.ndarray, net: object, batch_size: int) -> np.ndar
     return np.concatenate(batches)
 
 
-def _image_files(folder: Path) -> list[Path]:
-    """Images of an nnU-Net layout folder (imagesTr/<case>_0000.nii.gz) or a plain folder of .nii(.gz)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(folder, "folder not found")
-    if (folder / "imagesTr").is_dir():
-        files = sorted((folder / "imagesTr").glob("*_0000.nii.gz"))
-    else:
-        files = sorted([*folder.glob("*.nii.gz"), *folder.glob("*.nii")])
-    if not files:
-        raise InputError(folder, "no images (expected imagesTr/<case>_0000.nii.gz or *.nii.gz)")
-    return files
-
-
 def read_volumes(folder: Path) -> list[np.ndarray]:
     """Every image of ``folder`` as an (X, Y, Z) array with axes reordered to x, y, z by its affine."""
     import nibabel as nib
 
+    from foscu.data.layout import case_files
     from foscu.data.nifti import read_nifti
 
     volumes = []
-    for path in _image_files(folder):
+    for path in case_files(folder, "images").values():
         volume = read_nifti(path)
         codes = nib.aff2axcodes(volume.affine)
         order = [next(i for i, c in enumerate(codes) if c in pair) for pair in ("LR", "PA", "IS")]

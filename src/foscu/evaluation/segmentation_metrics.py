@@ -97,21 +97,6 @@ def _mean(values: list[float | None]) -> tuple[float | None, int]:
     return (float(np.mean(valid)) if valid else None), len(valid)
 
 
-def label_files(folder: Path) -> dict[str, Path]:
-    """Case id -> label NIfTI: ``<case>.nii.gz`` in ``folder``, or in its labelsTr/ and labelsTs/."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(folder, "folder not found")
-    subdirs = [folder / s for s in ("labelsTr", "labelsTs") if (folder / s).is_dir()]
-    files: dict[str, Path] = {}
-    for sub in subdirs or [folder]:
-        for path in sorted(sub.glob("*.nii.gz")):
-            files[path.name[: -len(".nii.gz")]] = path
-    if not files:
-        raise InputError(folder, "no <case>.nii.gz label files (nor labelsTr/ or labelsTs/ holding them)")
-    return files
-
-
 def _read_case(
     pred_path: Path, gt_path: Path, task: Task
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
@@ -145,8 +130,10 @@ def evaluate_segmentation(
     if empty not in CONVENTIONS:
         raise InputError("--empty", f"expected nnunet or monai, got {empty!r}")
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
-    gts = label_files(gt_dir)
-    preds = label_files(pred_dir)
+    from foscu.data.layout import case_files
+
+    gts = case_files(gt_dir, "labels")
+    preds = case_files(pred_dir, "labels")
     missing = sorted(set(gts) - set(preds))
     if missing:
         raise InputError(

@@ -91,7 +91,7 @@ def weight_map(
 ) -> torch.Tensor:
     """(N, X, Y, Z) labels -> (N, 1, x, y, z) loss weights: a latent voxel takes the largest weight of the classes
     it covers (max-pooled), so a tumor of a few voxels still weighs (MAISI weights tumor x100)."""
-    weights = torch.ones((labels.shape[0], 1, *latent_shape))
+    weights = torch.ones((labels.shape[0], 1, *latent_shape), device=labels.device)
     for value, w in class_weights.items():
         present = F.adaptive_max_pool3d((labels == value).float()[:, None], latent_shape)
         weights = torch.maximum(weights, present * w)

@@ -6,7 +6,6 @@ batch size or the number of GPUs; under torchrun the N samples are split across 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -201,14 +200,11 @@ def generate_batch(
 
 def read_label_folder(folder: Path, pipe: Pipeline) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """Label volumes for mask-to-image: (case id, label, affine), checked against the run's grid and label map."""
+    from foscu.data.layout import case_files
     from foscu.data.nifti import read_nifti
 
-    root = folder / "labelsTr" if (folder / "labelsTr").is_dir() else folder
-    files = sorted(root.glob("*.nii.gz")) + sorted(root.glob("*.nii"))
-    if not files:
-        raise InputError(folder, "no label NIfTI files (*.nii.gz) found")
     out = []
-    for path in files:
+    for case_id, path in case_files(folder, "labels").items():
         volume = read_nifti(path, label=True)
         if tuple(volume.array.shape) != tuple(pipe.roi):
             raise InputError(
@@ -217,7 +213,7 @@ def read_label_folder(folder: Path, pipe: Pipeline) -> list[tuple[str, np.ndarra
         bad = set(np.unique(volume.array).tolist()) - set(pipe.labels.values())
         if bad:
             raise InputError(path, f"label values {sorted(bad)} are not in the label map {pipe.labels}")
-        out.append((path.name.split(".nii")[0], volume.array, volume.affine))
+        out.append((case_id, volume.array, volume.affine))
     return out
 
 
@@ -309,7 +305,3 @@ def generate(
 
             shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def read_samples_record(folder: Path) -> dict[str, Any]:
-    return json.loads((Path(folder) / "samples.json").read_text())

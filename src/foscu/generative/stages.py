@@ -19,7 +19,7 @@ from foscu.config import FoscuConfig, dump_config, provenance
 from foscu.data.loaders import LatentSet, VolumeSet, load_split, one_hot
 from foscu.data.prepare import PreparedSet, read_prepared
 from foscu.engine import distributed
-from foscu.engine.checkpoint import load_weights, read_weights
+from foscu.engine.checkpoint import load_weights
 from foscu.engine.loop import FitResult, fit
 from foscu.errors import InputError
 from foscu.generative import autoencoders, controlnet, diffusion, latents
@@ -171,13 +171,15 @@ def _latent_shape(autoencoder: nn.Module, channels: int, roi: tuple[int, int, in
     return tuple(z.shape[1:])
 
 
-def _dice_foreground(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:
-    scores = []
-    for c in range(1, num_classes):
-        p, t = pred == c, target == c
-        if t.any() or p.any():
-            scores.append(float(2 * (p & t).sum() / (p.sum() + t.sum())))
-    return sum(scores) / len(scores) if scores else 1.0
+def _mean_foreground_dice(pred: torch.Tensor, target: torch.Tensor, labels: dict[str, int]) -> float:
+    """Mean over cases of the mean foreground Dice (nnU-Net's empty-class rule), via foscu's one ``dice``."""
+    from foscu.evaluation.segmentation_metrics import dice
+
+    per_case = []
+    for p, t in zip(pred.numpy(), target.numpy(), strict=True):
+        scores = [v for v in dice(p, t, labels).values() if v is not None]
+        per_case.append(sum(scores) / len(scores) if scores else 1.0)
+    return sum(per_case) / len(per_case)
 
 
 def _autoencoder_recipe(
@@ -219,7 +221,7 @@ def _autoencoder_recipe(
             ]
         )
         if stage.data == "label":
-            return {"val_dice": _dice_foreground(recon.argmax(1), val.labels.long(), num_classes)}
+            return {"val_dice": _mean_foreground_dice(recon.argmax(1), val.labels.long(), prepared.labels)}
         return {"val_l1": float((recon - x).abs().mean())}
 
     info = {
@@ -327,7 +329,7 @@ def controlnet_batch(
         condition, labels, batch.get("label_latent"), latent_shape, num_classes
     )
     if class_weights:
-        batch["weight"] = diffusion.weight_map(labels, latent_shape, class_weights).to(labels.device)
+        batch["weight"] = diffusion.weight_map(labels, latent_shape, class_weights)
     return batch
 
 
@@ -483,7 +485,3 @@ def train_stage(
         metadata=recipe.metadata,
         progress=progress,
     )
-
-
-def model_metadata(path: Path) -> dict[str, Any]:
-    return read_weights(path)[1]

@@ -108,21 +108,6 @@ def logits_to_labels(logits: torch.Tensor, task: Task) -> np.ndarray:
     return values[index.cpu().numpy()]
 
 
-def image_files(images: Path) -> dict[str, Path]:
-    """Case id -> image: ``<case>_0000.nii.gz`` in ``images``, or in its imagesTr/ and imagesTs/."""
-    images = Path(images)
-    if not images.is_dir():
-        raise InputError(images, "folder not found")
-    subdirs = [images / s for s in ("imagesTr", "imagesTs") if (images / s).is_dir()]
-    files: dict[str, Path] = {}
-    for sub in subdirs or [images]:
-        for path in sorted(sub.glob("*_0000.nii.gz")):
-            files[path.name[: -len("_0000.nii.gz")]] = path
-    if not files:
-        raise InputError(images, "no <case>_0000.nii.gz images (nor imagesTr/ or imagesTs/ holding them)")
-    return files
-
-
 def predict_cases(
     run_folder: Path, images: dict[str, Path], out_dir: Path, overwrite: bool = False, progress: bool = True
 ) -> dict[str, Path]:
@@ -162,4 +147,6 @@ def predict_folder(
     run_folder: Path, images_dir: Path, out_dir: Path, progress: bool = True
 ) -> dict[str, Path]:
     """``foscu seg predict``: every ``*_0000.nii.gz`` of ``images_dir`` -> ``out_dir/<case>.nii.gz``."""
-    return predict_cases(run_folder, image_files(images_dir), out_dir, progress=progress)
+    from foscu.data.layout import case_files
+
+    return predict_cases(run_folder, case_files(images_dir, "images"), out_dir, progress=progress)
