@@ -104,3 +104,21 @@ def test_refuses_to_overwrite(tiny_phantom):
     res = CliRunner().invoke(app, ["phantom", str(tiny_phantom), "--cases", "1"])
     assert res.exit_code == 2
     assert "not empty" in res.output
+
+
+def test_liver_on_the_patients_right_in_world_coordinates(tiny_phantom):
+    """RAS+: world x grows toward the patient's right, where the liver lies (written affine, read back)."""
+    import nibabel as nib
+
+    for path in sorted((tiny_phantom / "labelsTr").glob("*.nii.gz")):
+        volume = read_nifti(path, label=True)
+        assert nib.aff2axcodes(volume.affine) == ("R", "A", "S")
+        voxels = np.argwhere(volume.array > 0)  # liver and everything inside it
+        centroid = volume.affine @ np.append(voxels.mean(axis=0), 1.0)
+        assert centroid[0] > 0, path.name
+
+
+def test_liver_clearly_right_of_the_midline(cases):
+    for case in cases:
+        x = (np.argwhere(case.label > 0)[:, 0] * case.affine[0, 0] + case.affine[0, 3]).mean()
+        assert x > 0.1 * SHAPE[0] * SPACING[0] / 2  # clearly right of the midline, not just across it

@@ -137,9 +137,11 @@ def generate_case(
 ) -> PhantomCase:
     """Generate phantom case ``case_index`` of the set drawn with ``seed``.
 
-    Coordinates are RAS millimetres centred on the volume: +x left, +y anterior, +z superior.
-    The field of view scales with ``shape * spacing``; anatomy is sized relative to a 240 x 240 x 192 mm
-    abdomen, so small test shapes keep every structure.
+    The affine is RAS+ (nibabel's convention), millimetres centred on the volume: +x toward the patient's
+    right, +y anterior, +z superior, so the liver lies at world x > 0. The anatomy below is drawn with
+    +x toward the patient's left (liver at x < 0) and the arrays are flipped along x at the end, which puts
+    it where the RAS affine says. The field of view scales with ``shape * spacing``; anatomy is sized
+    relative to a 240 x 240 x 192 mm abdomen, so small test shapes keep every structure.
     """
     rng = np.random.default_rng([seed, case_index])
     shape = (int(shape[0]), int(shape[1]), int(shape[2]))
@@ -295,6 +297,10 @@ def generate_case(
     image = np.sqrt((image + n1) ** 2 + n2**2)
     image = (image * 1000.0).astype(np.float32)  # scanner-like units
 
+    # 8. drawn with +x toward the patient's left; flip x so that voxel index i sits at world x = axes[0][i]
+    #    of the RAS+ affine (axes are symmetric about 0: the flip mirrors x -> -x)
+    image = np.ascontiguousarray(image[::-1])
+    label = np.ascontiguousarray(label[::-1])
     affine = np.diag([*spacing_arr, 1.0])
     affine[:3, 3] = [float(a[0]) for a in axes]
     return PhantomCase(image=image, label=label, affine=affine, n_tumors=placed)
