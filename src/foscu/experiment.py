@@ -314,9 +314,14 @@ class Protocol:
         ids = sorted(
             p.name[: -len("_0000.nii.gz")] for p in (self.run.samples / "imagesTr").glob("*_0000.nii.gz")
         )
-        write_json_atomic(
-            self.ev / "memorization.json", memorization_audit(dict(zip(ids, synthetic, strict=True)), real)
-        )
+        from foscu.data.loaders import load_split
+
+        held_out = {}  # validation + test: patients the generator never saw set the near-copy threshold
+        for split in ("validation", "test"):
+            volumes = load_split(self.prepared, split)
+            held_out.update({c: v[0].numpy() for c, v in zip(volumes.case_ids, volumes.images, strict=True)})
+        audit = memorization_audit(dict(zip(ids, synthetic, strict=True)), real, held_out)
+        write_json_atomic(self.ev / "memorization.json", audit)
 
     def _table2(self) -> None:
         from foscu.segmentation.grid import run_table2
