@@ -75,3 +75,61 @@ def test_paper_preset_trains_the_papers_epochs_and_can_run_every_ablation():
     for condition in ("label_latent", "label_downsampled", "label_fullres"):
         stage = cfg.controlnet.model_copy(update={"condition": condition})
         assert embedding_channels(stage, downsamples)  # raises if the ablation could not be built
+
+
+def test_paper_preset_uses_pytorch_adamw_default_weight_decay_for_generative_stages():
+    # paper: "the AdamW optimizer from PyTorch" for every stage, whose default weight_decay is 0.01
+    import torch
+
+    default = torch.optim.AdamW([torch.zeros(1, requires_grad=True)]).defaults["weight_decay"]
+    cfg = load_config("paper")
+    for name in ("label_vae", "image_vae", "vqvae", "label_ldm", "image_ldm", "vqvae_ldm", "controlnet"):
+        assert getattr(cfg, name).train.weight_decay == default == 0.01, name
+
+
+@pytest.mark.parametrize(
+    "override, needles",
+    [
+        ("label_vae.reconstruction=l2", ["label_vae", "reconstruction", "cross-entropy"]),
+        ("image_ldm.train.patience=3", ["image_ldm", "train.patience"]),
+        ("label_vae.train.patience=3", ["label_vae", "train.patience"]),
+        ("controlnet.train.patience=3", ["controlnet", "train.patience"]),
+        ("label_ldm.unet.chanels=[8, 16]", ["label_ldm.unet", "chanels", "DiffusionModelUNet"]),
+        ("image_vae.autoencoder.latent_chanels=4", ["image_vae.autoencoder", "latent_chanels"]),
+        ("vqvae.vqvae.embeding_dim=4", ["vqvae.vqvae", "embeding_dim"]),
+        ("image_vae.discriminator.layers=3", ["image_vae.discriminator", "layers"]),
+        ("image_vae.autoencoder.in_channels=3", ["image_vae.autoencoder", "in_channels"]),
+        ("sample.sampler=ddpm", ["sample.steps", "50 training timesteps"]),
+    ],
+)
+def test_settings_that_would_be_ignored_or_fail_late_are_refused_at_load(override, needles):
+    with pytest.raises(InputError) as err:
+        load_config("tiny", [override])
+    for needle in needles:
+        assert needle in str(err.value)
+
+
+def test_settings_that_are_used_still_load():
+    cfg = load_config(
+        "tiny",
+        [
+            "image_vae.reconstruction=l2",
+            "sample.sampler=ddpm",
+            "sample.steps=50",
+            "segmentation.train.patience=3",
+        ],
+    )
+    assert cfg.image_vae.reconstruction == "l2" and cfg.sample.steps == 50
+
+
+def test_cli_refuses_a_monai_typo_in_one_line_writing_nothing(tiny_prepared, tmp_path):
+    from typer.testing import CliRunner
+
+    from foscu.cli import app
+
+    run = tmp_path / "run"
+    args = ["train", "label-vae", "--config", "tiny", "--data", str(tiny_prepared), "--run", str(run)]
+    result = CliRunner().invoke(app, [*args, "--set", "label_vae.autoencoder.num_res_blok=1"])
+    assert result.exit_code == 2
+    assert len(result.output.strip().splitlines()) == 1 and "num_res_blok" in result.output
+    assert not run.exists()

@@ -200,3 +200,14 @@ def test_cli_seg_train_bad_input_exits_2(prepared, tmp_path):
     result = CliRunner().invoke(app, [*args, "--arch", "transformer"])
     assert result.exit_code == 2 and "unknown architecture" in result.output
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "arch, task, needle", [("unet", "multiclas", "multiclas"), ("Unet", "binary", "Unet")]
+)
+def test_api_refuses_a_misspelt_task_or_arch_writing_nothing(
+    prepared, tiny_cfg, tmp_path, arch, task, needle
+):
+    with pytest.raises(InputError, match=needle):
+        train_segmenter(arch, task, tiny_cfg, prepared, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

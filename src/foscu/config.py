@@ -2,8 +2,8 @@
 
 Keys that configure a MONAI network are MONAI's own constructor arguments, passed through unrenamed
 (e.g. ``autoencoder: {channels: [32, 64, 64], latent_channels: 4}`` -> ``AutoencoderKL(spatial_dims=3, **cfg)``);
-MONAI validates them when the network is built. Everything FOSCU itself reads is typed and closed here:
-a typo fails at once, naming the key.
+their names are checked against the MONAI constructor's signature at load (values when the network is built).
+Everything FOSCU itself reads is typed and closed here: a typo fails at once, naming the key.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from foscu.errors import InputError
 
@@ -37,16 +37,53 @@ class TrainConfig(Section):
     ema_decay: float | None = Field(None, gt=0, lt=1)
     checkpoint_every: int = Field(100, ge=1)
     val_every: int = Field(50, ge=1)
-    patience: int | None = Field(None, ge=1, description="early stopping: validations without improvement")
+    patience: int | None = Field(
+        None,
+        ge=1,
+        description="early stopping: epochs (passes over the training split) without improvement of the "
+        "monitored score, checked at each validation (segmentation only)",
+    )
     num_workers: int = Field(0, ge=0)
 
 
-class AutoencoderStage(Section):
-    """label-vae / image-vae: MONAI AutoencoderKL + reconstruction, KL and optional adversarial loss."""
+def _check_monai_keys(cfg: dict[str, Any], network: str, set_by_foscu: tuple[str, ...]) -> dict[str, Any]:
+    """Keys of a MONAI section must be arguments of the MONAI constructor (checked by its signature), so a
+    typo fails at config load instead of as a traceback after run.json and the latent cache are written."""
+    import inspect
+
+    import monai.networks.nets as nets
+
+    accepted = set(inspect.signature(getattr(nets, network).__init__).parameters) - {"self"}
+    fixed = sorted(set(cfg) & set(set_by_foscu))
+    if fixed:
+        raise ValueError(f"{', '.join(fixed)}: set by FOSCU from the data, not configurable")
+    unknown = sorted(set(cfg) - accepted)
+    if unknown:
+        raise ValueError(
+            f"unknown {network} argument(s) {', '.join(unknown)} "
+            f"(MONAI {network} accepts: {', '.join(sorted(accepted - set(set_by_foscu)))})"
+        )
+    return cfg
+
+
+class GenerativeStage(Section):
+    """A generative stage trains for ``train.steps``/``train.epochs`` and keeps its last (EMA) weights."""
+
+    @model_validator(mode="after")
+    def _no_early_stopping(self) -> GenerativeStage:
+        train = getattr(self, "train", None)
+        if train is not None and train.patience is not None:
+            raise ValueError(
+                "train.patience: generative stages do not stop early (no monitored score); remove it"
+            )
+        return self
+
+
+class AutoencoderStage(GenerativeStage):
+    """label-vae: MONAI AutoencoderKL on one-hot labels; cross-entropy reconstruction + KL (+ adversarial)."""
 
     autoencoder: dict[str, Any]
     kl_weight: float = Field(1e-7, ge=0)
-    reconstruction: Literal["l1", "l2"] = "l1"
     adversarial_weight: float = Field(0.0, ge=0)
     discriminator: dict[str, Any] = Field(default_factory=lambda: {"num_layers_d": 2, "channels": 16})
     # train on random patches of this size (as MAISI trains its VAE); None: whole prepared volumes.
@@ -54,13 +91,44 @@ class AutoencoderStage(Section):
     patch_size: list[int] | None = None
     train: TrainConfig = Field(default_factory=TrainConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _labels_use_cross_entropy(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "reconstruction" in data and "reconstruction" not in cls.model_fields:
+            raise ValueError(
+                "reconstruction: the label VAE always reconstructs with cross-entropy against the label; "
+                "remove this key (it applies to image_vae only)"
+            )
+        return data
 
-class VQVAEStage(Section):
+    @field_validator("autoencoder")
+    @classmethod
+    def _autoencoder_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_monai_keys(value, "AutoencoderKL", ("spatial_dims", "in_channels", "out_channels"))
+
+    @field_validator("discriminator")
+    @classmethod
+    def _discriminator_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_monai_keys(value, "PatchDiscriminator", ("spatial_dims", "in_channels"))
+
+
+class ImageAutoencoderStage(AutoencoderStage):
+    """image-vae: as the label VAE, with an L1 or L2 image reconstruction term (paper II-B: KL weight 1e-7)."""
+
+    reconstruction: Literal["l1", "l2"] = "l1"
+
+
+class VQVAEStage(GenerativeStage):
     """Table I baseline: MONAI VQVAE."""
 
     vqvae: dict[str, Any]
     patch_size: list[int] | None = None  # as AutoencoderStage.patch_size
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("vqvae")
+    @classmethod
+    def _vqvae_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_monai_keys(value, "VQVAE", ("spatial_dims", "in_channels", "out_channels"))
 
 
 class SchedulerConfig(Section):
@@ -72,7 +140,7 @@ class SchedulerConfig(Section):
     beta_end: float = Field(0.0195, gt=0)
 
 
-class DiffusionStage(Section):
+class DiffusionStage(GenerativeStage):
     """label-ldm / image-ldm / vqvae-ldm: MONAI DiffusionModelUNet, epsilon-prediction, L2 (paper eq. 1)."""
 
     unet: dict[str, Any]
@@ -81,8 +149,13 @@ class DiffusionStage(Section):
     objective: Literal["epsilon", "rflow"] = "epsilon"
     train: TrainConfig = Field(default_factory=TrainConfig)
 
+    @field_validator("unet")
+    @classmethod
+    def _unet_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_monai_keys(value, "DiffusionModelUNet", ("spatial_dims", "in_channels", "out_channels"))
 
-class ControlNetStage(Section):
+
+class ControlNetStage(GenerativeStage):
     """ControlNet on the frozen image LDM (paper eq. 2), conditioned as ``condition`` says."""
 
     condition: Literal["label_latent", "label_downsampled", "label_fullres"] = "label_latent"
@@ -139,7 +212,7 @@ class FoscuConfig(Section):
     preset: str = "custom"
     seed: int = 0
     label_vae: AutoencoderStage
-    image_vae: AutoencoderStage
+    image_vae: ImageAutoencoderStage
     vqvae: VQVAEStage
     label_ldm: DiffusionStage
     image_ldm: DiffusionStage
@@ -154,6 +227,15 @@ class FoscuConfig(Section):
     def _check(self) -> FoscuConfig:
         if self.sample.sampler == "rflow" and self.label_ldm.scheduler.num_train_timesteps < 2:
             raise ValueError("rflow sampling needs num_train_timesteps >= 2")
+        if self.sample.sampler == "ddpm":  # see generative/sampling.py:sampler_steps
+            for name in ("label_ldm", "image_ldm", "vqvae_ldm"):
+                total = getattr(self, name).scheduler.num_train_timesteps
+                if self.sample.steps != total:
+                    raise ValueError(
+                        f"sample.steps: ddpm samples only with all {total} training timesteps "
+                        f"({name}.scheduler.num_train_timesteps), got {self.sample.steps}; "
+                        f"set sample.steps={total} or use sampler ddim"
+                    )
         return self
 
 
@@ -205,7 +287,8 @@ def load_config(source: str, overrides: list[str] | None = None) -> FoscuConfig:
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise InputError(source, f"{where}: {first['msg']}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise InputError(source, f"{where}: {message}" if where else message) from None
 
 
 def dump_config(cfg: FoscuConfig) -> str:

@@ -84,12 +84,12 @@ def read_stage_info(run: RunFolder, name: str) -> dict[str, Any]:
 
 def build_from_info(info: dict[str, Any]) -> dict[str, nn.Module]:
     """Rebuild a stage's networks from the info its config.yaml holds."""
-    from foscu.config import AutoencoderStage, ControlNetStage, DiffusionStage, VQVAEStage
+    from foscu.config import ControlNetStage, DiffusionStage, ImageAutoencoderStage, VQVAEStage
 
     kind = info["kind"]
     if kind == "autoencoder":
         return autoencoders.build_autoencoder(
-            AutoencoderStage.model_validate(info["section"]), info["channels"]
+            ImageAutoencoderStage.model_validate(info["section"]), info["channels"]
         )
     if kind == "vqvae":
         return autoencoders.build_vqvae(VQVAEStage.model_validate(info["section"]))

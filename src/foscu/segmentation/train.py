@@ -173,12 +173,17 @@ def train_segmenter(
     """
     import yaml
 
+    from foscu.config import ARCHS
     from foscu.data.prepare import read_prepared
     from foscu.data.transforms import SeededDataset, train_transforms
     from foscu.engine.loop import STATE, fit
     from foscu.runs import write_text_atomic
     from foscu.segmentation.networks import build_segmenter
 
+    if task not in ("binary", "multiclass"):
+        raise InputError("--task", f"expected binary or multiclass, got {task!r}")
+    if arch not in ARCHS:
+        raise InputError("--arch", f"unknown architecture {arch!r} (choose from {', '.join(ARCHS)})")
     seg = cfg.segmentation
     synthetic = [Path(p) for p in (synthetic or [])]
     fraction = seg.synthetic_fraction if synthetic_fraction is None else synthetic_fraction
