@@ -257,3 +257,85 @@ def test_inception_average_pool_ignores_padding_like_the_tf_graph() -> None:
 
     # count_include_pad=False: a constant image stays constant at the border (torchvision's corner: 4/9)
     assert torch.equal(_avg_pool_3x3(torch.ones(1, 1, 4, 4)), torch.ones(1, 1, 4, 4))
+
+
+def test_feature_net_loads_onto_the_requested_device(tmp_path: Path) -> None:
+    from foscu.evaluation.feature_nets import load_feature_net
+
+    weights = _random_weights("radimagenet", tmp_path / "resnet.pth")
+    net, _ = load_feature_net("radimagenet", weights, device="meta")  # "meta" stands in for a GPU here
+    assert {p.device.type for p in net.parameters()} == {"meta"}
+    assert {b.device.type for b in net.buffers()} == {"meta"}
+
+
+class _SpyNet:
+    """A feature network stand-in on a device: records where its inputs were, returns CPU features."""
+
+    def __init__(self, device: object) -> None:
+        import torch
+
+        self.weight = torch.zeros(1, device=device)
+        self.seen: list[str] = []
+        self.generator = torch.Generator().manual_seed(0)
+
+    def parameters(self):
+        return iter([self.weight])
+
+    def __call__(self, batch):
+        import torch
+
+        self.seen.append(batch.device.type)
+        return torch.randn(len(batch), 4, generator=self.generator)
+
+
+def test_fid_25d_runs_the_network_on_the_runs_device_by_default(
+    tmp_path: Path, tiny_volumes: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from foscu.engine import distributed
+    from foscu.evaluation import feature_nets
+
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"stand-in")
+    asked: list[object] = []
+    nets: list[_SpyNet] = []
+
+    def spy_load(name, weights_arg=None, download=False, device=None):
+        asked.append(device)
+        nets.append(_SpyNet(device))
+        return nets[-1], weights
+
+    monkeypatch.setattr(feature_nets, "load_feature_net", spy_load)
+    monkeypatch.setattr(distributed, "current", lambda: distributed.Dist(0, 1, 0, torch.device("meta")))
+    result = fid_25d(tiny_volumes[:2], tiny_volumes[1:], "inception", slice_stride=4)
+    assert asked == [torch.device("meta")]  # the run's device, as engine.distributed reports it
+    assert nets[0].seen and set(nets[0].seen) == {"meta"}  # every batch went to the network's device
+    assert np.isfinite(result["mean"])
+    fid_25d(tiny_volumes[:2], tiny_volumes[1:], "inception", slice_stride=4, device="cpu")
+    assert asked[-1] == torch.device("cpu") and set(nets[-1].seen) == {"cpu"}
+
+
+def test_real_features_computed_once_for_many_fake_sets(
+    tiny_volumes: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from foscu.evaluation import fid
+
+    real, fakes = (
+        tiny_volumes[:2],
+        [tiny_volumes[1:], [ndimage.gaussian_filter(v, 1.0) for v in tiny_volumes]],
+    )
+    direct = [fid.fid_25d(real, fake, slice_stride=2) for fake in fakes]
+    computed = fid.set_features(real, slice_stride=2)
+    assert computed.n_volumes == 2 and computed.shape == real[0].shape
+    seen: list[int] = []
+    original = fid.radiomics_features
+    monkeypatch.setattr(fid, "radiomics_features", lambda s: seen.append(len(s)) or original(s))
+    reused = [fid.fid_25d(computed, fake, slice_stride=2) for fake in fakes]
+    assert reused == direct  # same numbers as computing the real set each time
+    per_volume = sum(len(fid.plane_slices(real[0], p, 2)) for p in fid.PLANES)
+    assert sum(seen) == per_volume * sum(len(f) for f in fakes)  # only the fake volumes' slices
+    with pytest.raises(ValueError, match="computed with"):
+        fid.fid_25d(computed, fakes[0], slice_stride=1)
+    with pytest.raises(InputError, match="has shape"):
+        fid.fid_25d(computed, [v[:, :, :8] for v in fakes[0]], slice_stride=2)

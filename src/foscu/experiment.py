@@ -213,10 +213,11 @@ class Protocol:
         return {c: v[0].numpy() for c, v in zip(volumes.case_ids, volumes.images, strict=True)}
 
     def _table1(self) -> None:
-        from foscu.evaluation.fid import fid_25d, read_volumes
+        from foscu.evaluation.fid import fid_25d, read_volumes, set_features
 
         e = self.cfg.evaluation
-        real = list(self.real_training.values())
+        # the real set's slice features once, for every row (on the run's device for a network)
+        real = set_features(list(self.real_training.values()), e.features, e.slice_stride, e.central_fraction)
         rows, metric, note = [], "FRD", ""
         sets = [
             ("3D-LDM w/ VQ-VAE", self._baseline("vqvae-ldm")),
@@ -247,7 +248,7 @@ class Protocol:
             {
                 "rows": rows,
                 "metric": metric,
-                "note": f"{metric} per plane against the {len(real)} real training images (lower is better). {note}",
+                "note": f"{metric} per plane against the {real.n_volumes} real training images (lower is better). {note}",
             },
         )
 

@@ -14,11 +14,16 @@ not an FID, and is labelled so in every output.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from foscu.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 PLANES = ("axial", "coronal", "sagittal")
 FEATURES = ("frd", "inception", "radimagenet")
@@ -193,20 +198,19 @@ def _check_settings(features: str, slice_stride: int, central_fraction: float, w
         )
 
 
-def _check_shapes(real: Sequence[np.ndarray], fake: Sequence[np.ndarray]) -> tuple[int, ...]:
-    for name, volumes in (("real", real), ("fake", fake)):
-        if len(volumes) == 0:
-            raise InputError(name, "no volumes")
-        for index, volume in enumerate(volumes):
-            if volume.ndim != 3 or min(volume.shape) < 3:
-                raise InputError(
-                    name, f"volume {index} must be 3D with >= 3 voxels a side, got {volume.shape}"
-                )
-    shape = tuple(real[0].shape)
-    for name, volumes in (("real", real), ("fake", fake)):
-        for index, volume in enumerate(volumes):
-            if tuple(volume.shape) != shape:
-                raise InputError(name, f"volume {index} has shape {volume.shape}, real volume 0 has {shape}")
+def _check_volumes(
+    name: str, volumes: Sequence[np.ndarray], shape: tuple[int, ...] | None = None
+) -> tuple[int, ...]:
+    """The set's common shape; InputError for an empty set, a non-3D or tiny volume, or a shape mismatch."""
+    if len(volumes) == 0:
+        raise InputError(name, "no volumes")
+    for index, volume in enumerate(volumes):
+        if volume.ndim != 3 or min(volume.shape) < 3:
+            raise InputError(name, f"volume {index} must be 3D with >= 3 voxels a side, got {volume.shape}")
+    shape = tuple(volumes[0].shape) if shape is None else shape
+    for index, volume in enumerate(volumes):
+        if tuple(volume.shape) != shape:
+            raise InputError(name, f"volume {index} has shape {volume.shape}, real volume 0 has {shape}")
     return shape
 
 
@@ -221,8 +225,94 @@ def _note(features: str, weights_path: Path | None) -> str:
     return f"2.5D FID with {network} 2048-d slice features; weights {weights_path}."
 
 
+@dataclass(frozen=True)
+class SetFeatures:
+    """Slice features of one set of volumes per plane, and the settings that made them.
+
+    Computed once with :func:`set_features` and passed to :func:`fid_25d` as ``real`` for every
+    synthetic set of an experiment (Table I compares each set against the same real training images).
+    """
+
+    features: str
+    slice_stride: int
+    central_fraction: float
+    weights: Path | None  # the weight file used (None for frd)
+    shape: tuple[int, ...]  # (X, Y, Z) of every volume
+    n_volumes: int
+    per_plane: dict[str, np.ndarray]  # plane -> (n_slices, d)
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device``, else the run's device (engine.distributed: this rank's GPU when there is one, else CPU)."""
+    import torch
+
+    if device is not None:
+        return torch.device(device)
+    from foscu.engine import distributed
+
+    return distributed.current().device
+
+
+def _load_net(
+    features: str, weights: Path | None, download: bool, device: str | torch.device | None
+) -> tuple[Any, Path | None]:
+    if features == "frd":
+        return None, None
+    from foscu.evaluation.feature_nets import load_feature_net
+
+    return load_feature_net(features, weights, download, device=_resolve_device(device))
+
+
+def _features_of(
+    name: str,
+    volumes: Sequence[np.ndarray],
+    net: Any,
+    features: str,
+    slice_stride: int,
+    central_fraction: float,
+    batch_size: int,
+    progress: bool,
+) -> dict[str, np.ndarray]:
+    """plane -> (n_slices, d) features of every volume's slices (each volume scaled to [0, 1] first)."""
+    from foscu.engine.tracking import progress_bar
+
+    per_plane: dict[str, list[np.ndarray]] = {plane: [] for plane in PLANES}
+    with progress_bar(f"{features} features ({name})", len(volumes), enabled=progress) as advance:
+        for volume in volumes:
+            unit = _unit_range(volume)
+            for plane in PLANES:
+                slices = plane_slices(unit, plane, slice_stride, central_fraction)
+                per_plane[plane].append(_slice_features(slices, net, batch_size))
+            advance()
+    return {plane: np.concatenate(chunks) for plane, chunks in per_plane.items()}
+
+
+def set_features(
+    volumes: Sequence[np.ndarray],
+    features: str = "frd",
+    slice_stride: int = 1,
+    central_fraction: float = 1.0,
+    weights: Path | None = None,
+    batch_size: int = 32,
+    download: bool = False,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> SetFeatures:
+    """The slice features of a set of volumes (the real set of an experiment, computed once).
+
+    Args: as :func:`fid_25d`; the feature network runs on ``device`` (default: the run's device).
+    """
+    _check_settings(features, slice_stride, central_fraction, weights)
+    shape = _check_volumes("real", volumes)
+    net, weights_path = _load_net(features, weights, download, device)
+    per_plane = _features_of(
+        "real", volumes, net, features, slice_stride, central_fraction, batch_size, progress
+    )
+    return SetFeatures(features, slice_stride, central_fraction, weights_path, shape, len(volumes), per_plane)
+
+
 def fid_25d(
-    real: Sequence[np.ndarray],
+    real: Sequence[np.ndarray] | SetFeatures,
     fake: Sequence[np.ndarray],
     features: str = "frd",
     slice_stride: int = 1,
@@ -231,39 +321,48 @@ def fid_25d(
     batch_size: int = 32,
     download: bool = False,
     progress: bool = False,
+    device: str | torch.device | None = None,
 ) -> dict:
     """2.5D Fréchet distance per plane (axial, coronal, sagittal) and their mean, real vs fake volumes.
 
     Args:
-        real, fake: (X, Y, Z) volumes of one shape; each min-max scaled to [0, 1] unless already in it.
+        real: (X, Y, Z) volumes, or their :func:`set_features` computed once with the same settings.
+        fake: (X, Y, Z) volumes of the real set's shape; each min-max scaled to [0, 1] unless already in it.
         features: ``frd`` (radiomics-style, no download), ``inception`` or ``radimagenet`` (FID).
         slice_stride, central_fraction: keep every k-th slice of the central fraction along each axis.
         weights: network weight file (default: the torch hub cache); ``download`` fetches inception's.
+        device: where the feature network runs (default: the run's device, a GPU when there is one).
     """
     _check_settings(features, slice_stride, central_fraction, weights)
-    _check_shapes(real, fake)
-    net, weights_path = None, None
-    if features != "frd":
-        from foscu.evaluation.feature_nets import load_feature_net
-
-        net, weights_path = load_feature_net(features, weights, download)
-    per_set: dict[str, dict[str, list[np.ndarray]]] = {}
-    from foscu.engine.tracking import progress_bar
-
-    with progress_bar(f"{features} features", len(real) + len(fake), enabled=progress) as advance:
-        for name, volumes in (("real", real), ("fake", fake)):
-            per_set[name] = {plane: [] for plane in PLANES}
-            for volume in volumes:
-                unit = _unit_range(volume)
-                for plane in PLANES:
-                    slices = plane_slices(unit, plane, slice_stride, central_fraction)
-                    per_set[name][plane].append(_slice_features(slices, net, batch_size))
-                advance()
+    if isinstance(real, SetFeatures):
+        asked = (features, slice_stride, central_fraction)
+        if (real.features, real.slice_stride, real.central_fraction) != asked:
+            raise ValueError(
+                f"real features were computed with {(real.features, real.slice_stride, real.central_fraction)}"
+                f", not {asked}"
+            )
+        _check_volumes("fake", fake, real.shape)
+        net, weights_path = _load_net(features, weights or real.weights, download, device)
+        real_set = real
+    else:
+        _check_volumes("fake", fake, _check_volumes("real", real))
+        net, weights_path = _load_net(features, weights, download, device)
+        per_plane = _features_of(
+            "real", real, net, features, slice_stride, central_fraction, batch_size, progress
+        )
+        real_set = SetFeatures(
+            features, slice_stride, central_fraction, weights_path, real[0].shape, len(real), per_plane
+        )
+    if real_set.weights is not None and weights_path is not None and real_set.weights != weights_path:
+        raise ValueError(f"real features come from {real_set.weights}, fake ones would from {weights_path}")
+    fake_planes = _features_of(
+        "fake", fake, net, features, slice_stride, central_fraction, batch_size, progress
+    )
     result: dict = {"features": features, "metric": "FRD" if features == "frd" else "FID"}
     counts = {}
     for plane in PLANES:
-        real_features = np.concatenate(per_set["real"][plane])
-        fake_features = np.concatenate(per_set["fake"][plane])
+        real_features = real_set.per_plane[plane]
+        fake_features = fake_planes[plane]
         counts[plane] = {"real": len(real_features), "fake": len(fake_features)}
         if min(len(real_features), len(fake_features)) < 2:
             raise InputError("--central-fraction", f"{plane}: fewer than 2 slices per set; keep more slices")
@@ -276,7 +375,10 @@ def fid_25d(
         result[plane] = frechet_distance(real_features, fake_features)
     result["mean"] = float(np.mean([result[plane] for plane in PLANES]))
     result.update(
-        n_real=len(real), n_fake=len(fake), slices_per_plane=counts, note=_note(features, weights_path)
+        n_real=real_set.n_volumes,
+        n_fake=len(fake),
+        slices_per_plane=counts,
+        note=_note(features, weights_path),
     )
     result.update(slice_stride=slice_stride, central_fraction=central_fraction)
     if weights_path is not None:
@@ -286,19 +388,22 @@ def fid_25d(
     return result
 
 
-def _slice_features(slices: np.ndarray, net: object, batch_size: int) -> np.ndarray:
-    """(n, H, W) slices in [0, 1] -> (n, d) features: radiomics-style without a network, else its own."""
+def _slice_features(slices: np.ndarray, net: Any, batch_size: int) -> np.ndarray:
+    """(n, H, W) slices in [0, 1] -> (n, d) features: radiomics-style without a network, else its own.
+
+    Batches go to the network's device and the features come back to the CPU.
+    """
     if net is None:
         return radiomics_features(slices)
     import torch
 
+    device = next(net.parameters()).device
     batches = []
     with torch.inference_mode():
         for start in range(0, len(slices), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(slices[start : start + batch_size]))[
-                :, None
-            ].float()
-            batches.append(net(batch).double().numpy())  # type: ignore[operator]  # (B, 1, H, W) -> (B, 2048)
+            chunk = np.ascontiguousarray(slices[start : start + batch_size])
+            batch = torch.from_numpy(chunk)[:, None].float().to(device)  # (B, 1, H, W)
+            batches.append(net(batch).float().cpu().double().numpy())  # (B, d)
     return np.concatenate(batches)
 
 
@@ -332,8 +437,10 @@ def evaluate_fid(
     out: Path = Path("fid.json"),
     download: bool = False,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> dict:
-    """``foscu evaluate fid``: read both folders, compute :func:`fid_25d`, write ``out`` atomically."""
+    """``foscu evaluate fid``: read both folders, compute :func:`fid_25d` (network on ``device``, default
+    the run's device), write ``out`` atomically."""
     from foscu.runs import write_json_atomic
 
     _check_settings(features, slice_stride, central_fraction, weights)
@@ -342,7 +449,15 @@ def evaluate_fid(
     if fake[0].shape != real[0].shape:
         raise InputError(fake_dir, f"volumes have shape {fake[0].shape}, the real ones {real[0].shape}")
     result = fid_25d(
-        real, fake, features, slice_stride, central_fraction, weights, download=download, progress=progress
+        real,
+        fake,
+        features,
+        slice_stride,
+        central_fraction,
+        weights,
+        download=download,
+        progress=progress,
+        device=device,
     )
     result = {"real": str(real_dir), "fake": str(fake_dir), **result}
     write_json_atomic(out, result)
