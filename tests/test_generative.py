@@ -238,3 +238,29 @@ def test_sliding_window_decoding_matches_whole_decoding_in_shape_and_scale(tiny_
     assert tiled.shape == whole.shape == (1, 1, *TINY_SHAPE)
     corr = float(torch.corrcoef(torch.stack([tiled.flatten(), whole.flatten()]))[0, 1])
     assert corr > 0.7  # the same volume, with blended seams (GroupNorm sees tiles, not the whole)
+
+
+def test_latent_training_sets_stay_on_the_cpu_whatever_the_device(tiny_run, tiny_prepared, tmp_path):
+    # fit pins its DataLoader on CUDA and torch pins only dense CPU tensors, so a recipe must hand fit CPU
+    # data whatever the run's device (here "meta" stands in for cuda: nothing is computed on it)
+    import torch
+
+    from foscu.config import load_config
+    from foscu.data.loaders import LatentSet
+    from foscu.data.prepare import read_prepared
+    from foscu.generative.stages import STAGES, _controlnet_recipe, _diffusion_recipe
+    from foscu.runs import RunFolder
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    cfg, prepared, meta = load_config("tiny"), read_prepared(tiny_prepared), torch.device("meta")
+    for recipe in (
+        _diffusion_recipe(STAGES["image-ldm"], cfg, prepared, RunFolder(run), meta),
+        _controlnet_recipe(STAGES["controlnet"], cfg, prepared, RunFolder(run), meta),
+    ):
+        data = recipe.train_set
+        held = [data.mean, data.sigma, *data.extras.values()]
+        assert [t.device.type for t in held] == ["cpu"] * len(held)
+        assert {v.device.type for v in data[(0, 5)].values()} == {"cpu"}
+    with pytest.raises(ValueError, match="CPU"):
+        LatentSet(torch.zeros(2, 1, device="meta"), torch.zeros(2, 1), 1.0)

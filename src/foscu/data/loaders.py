@@ -81,6 +81,7 @@ class LatentSet(Dataset):
 
     Resampling z every step is exactly the objective of re-encoding every batch through the frozen VAE,
     without paying for the encoder. ``extras`` are per-case tensors passed through (e.g. the condition).
+    Everything lives on the CPU: the engine's DataLoader pins it on CUDA and moves each batch to the device.
     """
 
     def __init__(
@@ -92,14 +93,17 @@ class LatentSet(Dataset):
     ) -> None:
         self.mean, self.sigma, self.scale = mean, sigma, scale
         self.extras = extras or {}
+        for name, tensor in {"mean": mean, "sigma": sigma, **self.extras}.items():
+            if tensor.device.type != "cpu":  # torch pins only CPU tensors, and fit pins on CUDA
+                raise ValueError(f"LatentSet keeps its cache on the CPU ({name} is on {tensor.device})")
 
     def __len__(self) -> int:
         return len(self.mean)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
         index, item_seed = key
-        generator = torch.Generator(device=self.mean.device).manual_seed(item_seed)
-        eps = torch.randn(self.mean[index].shape, generator=generator, device=self.mean.device)
+        generator = torch.Generator().manual_seed(item_seed)
+        eps = torch.randn(self.mean[index].shape, generator=generator)
         item = {"latent": self.scale * (self.mean[index] + self.sigma[index] * eps)}
         item.update({k: v[index] for k, v in self.extras.items()})
         return item

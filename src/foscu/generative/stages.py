@@ -309,7 +309,8 @@ def _diffusion_recipe(
         "scheduler": section.scheduler.model_dump(),
     }
     loss_fn = partial(diffusion.denoising_loss, scheduler=scheduler, objective=section.objective)
-    train_set = LatentSet(mean.to(device), cache["training"]["sigma"].to(device), scale)
+    # the cache stays on the CPU: fit pins it (on CUDA) and moves each batch to the device
+    train_set = LatentSet(mean, cache["training"]["sigma"], scale)
     metadata = {"scale_factor": scale, "encoder": stage.encoder}
     return Recipe(nets, loss_fn, train_set, validate, info, ["unet"], metadata=metadata)
 
@@ -405,11 +406,8 @@ def _controlnet_recipe(
         z = (val_mean * scale).to(device)
         return {"val_loss": diffusion.validation_loss(eval_nets, z, batch["condition"], scheduler, objective)}
 
-    train_set = LatentSet(
-        cache["training"]["mean"].to(device),
-        cache["training"]["sigma"].to(device),
-        scale,
-        {k: v.to(device) for k, v in extras["training"].items()},
+    train_set = LatentSet(  # on the CPU, as in _diffusion_recipe
+        cache["training"]["mean"], cache["training"]["sigma"], scale, extras["training"]
     )
     info = {
         "latent_channels": ldm_info["latent_channels"],
