@@ -79,14 +79,26 @@ def read_run(folder: Path) -> SegRun:
         raise InputError(path, f"not a segmentation run config ({type(err).__name__}: {err})") from None
 
 
-def load_segmenter(run: SegRun) -> nn.Module:
-    """Rebuild the run's network and load its best weights (safetensors); eval mode, on CPU."""
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device``, else the run's device (engine.distributed: this rank's GPU when there is one, else CPU)."""
+    import torch
+
+    if device is not None:
+        return torch.device(device)
+    from foscu.engine import distributed
+
+    return distributed.current().device
+
+
+def load_segmenter(run: SegRun, device: str | torch.device | None = None) -> nn.Module:
+    """Rebuild the run's network and load its best weights (safetensors); eval mode, on ``device``
+    (default: the run's device)."""
     from foscu.engine.checkpoint import load_weights
     from foscu.segmentation.networks import build_segmenter
 
     net = build_segmenter(run.arch, run.task, run.seg_cfg, run.roi, run.spacing)
     load_weights(run.folder / MODEL, {NET: net})
-    return net.eval()
+    return net.eval().to(resolve_device(device))
 
 
 def sliding_window_logits(net: nn.Module, image: torch.Tensor, patch: list[int], sw_batch_size: int) -> Any:
@@ -109,11 +121,17 @@ def logits_to_labels(logits: torch.Tensor, task: Task) -> np.ndarray:
 
 
 def predict_cases(
-    run_folder: Path, images: dict[str, Path], out_dir: Path, overwrite: bool = False, progress: bool = True
+    run_folder: Path,
+    images: dict[str, Path],
+    out_dir: Path,
+    overwrite: bool = False,
+    progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> dict[str, Path]:
     """Predict each image into ``out_dir/<case>.nii.gz`` on the image's grid and affine (folder atomic).
 
     Images are min-max scaled to [0, 1] as ``foscu prepare`` scales them (a prepared image is unchanged).
+    The network and each image run on ``device`` (default: the run's device, a GPU when there is one).
     """
     import torch
 
@@ -123,7 +141,8 @@ def predict_cases(
     from foscu.runs import atomic_folder
 
     run = read_run(resolve_run(run_folder))
-    net = load_segmenter(run)
+    device = resolve_device(device)
+    net = load_segmenter(run, device)
     written: dict[str, Path] = {}
     with (
         atomic_folder(out_dir, overwrite=overwrite) as tmp,
@@ -133,7 +152,7 @@ def predict_cases(
         for case_id, path in images.items():
             volume = read_nifti(path)
             scaled, _ = minmax(volume.array)
-            image = torch.from_numpy(scaled)[None, None]  # (1, 1, X, Y, Z)
+            image = torch.from_numpy(scaled)[None, None].to(device)  # (1, 1, X, Y, Z)
             logits = sliding_window_logits(net, image, run.patch, run.seg_cfg.sw_batch_size)
             write_nifti(
                 tmp / f"{case_id}.nii.gz", logits_to_labels(logits, run.task), volume.affine, label=True
@@ -144,9 +163,14 @@ def predict_cases(
 
 
 def predict_folder(
-    run_folder: Path, images_dir: Path, out_dir: Path, progress: bool = True
+    run_folder: Path,
+    images_dir: Path,
+    out_dir: Path,
+    progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> dict[str, Path]:
     """``foscu seg predict``: every ``*_0000.nii.gz`` of ``images_dir`` -> ``out_dir/<case>.nii.gz``."""
     from foscu.data.layout import case_files
 
-    return predict_cases(run_folder, case_files(images_dir, "images"), out_dir, progress=progress)
+    images = case_files(images_dir, "images")
+    return predict_cases(run_folder, images, out_dir, progress=progress, device=device)
