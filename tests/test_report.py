@@ -55,7 +55,7 @@ def test_report_is_self_contained_with_tables_and_figures(tmp_path, tiny_phantom
     run = _fake_run(tmp_path, tiny_phantom)
     html_path, md_path = build_report(run)
     page = html_path.read_text()
-    assert "Table I" in page and "Duo-Diffusion" in page and "0.9300" in page
+    assert "Table I" in page and "Duo-Diffusion" in page and "0.930" in page
     assert "http://" not in page and "https://" not in page  # no network needed
     images = page.count("data:image/png;base64,")
     assert images >= 3  # curves, synthetic views, real vs synthetic

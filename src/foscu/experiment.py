@@ -104,7 +104,19 @@ class Protocol:
                 "reconstruct with the image VAE",
                 "sample",
                 [self._baseline("vae-reconstruction") / "dataset.json"],
-                self._reconstruct,
+                lambda: self._reconstruct(self.real_training, self._baseline("vae-reconstruction")),
+            ),
+            Step(
+                "ladder: reconstruct the test images",
+                "sample",
+                [self._ladder_dir("vae") / "dataset.json"],
+                lambda: self._reconstruct(self.real_test, self._ladder_dir("vae")),
+            ),
+            Step(
+                "ladder: images from the real test masks",
+                "sample",
+                [self._ladder_dir("mask_to_image") / "samples.json"],
+                self._mask_to_image,
             ),
         ]
         n_ablation = cfg.experiment.ablation_samples or self.n_samples
@@ -126,6 +138,8 @@ class Protocol:
                 [self.ev / "pair_fidelity.json", self.ev / "diversity.json", self.ev / "memorization.json"],
                 self._fidelity,
             ),
+            Step("fidelity ladder", "fidelity", [self.ev / "ladder.json"], self._ladder),
+            Step("label realism", "fidelity", [self.ev / "label_realism.json"], self._label_realism),
             Step("Table II (segmentation grid)", "table2", [self.ev / "table2.json"], self._table2),
             Step("report", "report", [], self._report),
         ]
@@ -133,6 +147,9 @@ class Protocol:
 
     def _baseline(self, name: str) -> Path:
         return self.run.root / "baselines" / name
+
+    def _ladder_dir(self, rung: str) -> Path:
+        return self.run.root / "ladder" / rung
 
     def _train(
         self, stage: str, condition: str | None = None, folder: str | None = None
@@ -179,8 +196,8 @@ class Protocol:
             progress=self.progress,
         )
 
-    def _reconstruct(self) -> None:
-        """VAE reconstructions of the real training images: the reference row of Table I."""
+    def _reconstruct(self, images: dict[str, np.ndarray], out: Path) -> None:
+        """Image-VAE reconstructions of real images: Table I's reference row, and the ladder's rung (b)."""
         import torch
 
         from foscu.data.layout import image_path, write_dataset_json
@@ -193,13 +210,13 @@ class Protocol:
         device = distributed.current().device
         vae = load_stage(self.run, "image-vae")[0]["autoencoder"].to(device)
         affine = np.diag([*self.prepared.spacing, 1.0])
-        with atomic_folder(self._baseline("vae-reconstruction"), overwrite=True) as tmp, torch.no_grad():
-            for case_id, image in self.real_training.items():
+        with atomic_folder(out, overwrite=True) as tmp, torch.no_grad():
+            for case_id, image in images.items():
                 x = torch.from_numpy(image)[None, None].to(device)  # (1, 1, X, Y, Z)
                 recon = decode(vae, encode(vae, x)[0]).float().clamp(0, 1)[0, 0].cpu().numpy()
                 write_nifti(image_path(tmp, case_id), recon, affine)
             write_dataset_json(
-                tmp, "FOSCU image-VAE reconstructions", len(self.real_training), labels=self.prepared.labels
+                tmp, "FOSCU image-VAE reconstructions", len(images), labels=self.prepared.labels
             )
 
     # ------------------------------------------------------------ evaluation
@@ -211,6 +228,52 @@ class Protocol:
 
         volumes = load_split(self.prepared, "training")
         return {c: v[0].numpy() for c, v in zip(volumes.case_ids, volumes.images, strict=True)}
+
+    @cached_property
+    def real_test(self) -> dict[str, np.ndarray]:
+        """The real test images (the ladder's rungs (a) and (b))."""
+        from foscu.data.loaders import load_split
+
+        volumes = load_split(self.prepared, "test")
+        if len(volumes) < 2:
+            raise InputError(self.data / "datalist.json", "the fidelity ladder needs at least 2 test cases")
+        return {c: v[0].numpy() for c, v in zip(volumes.case_ids, volumes.images, strict=True)}
+
+    def _test_files(self) -> dict[str, tuple[Path, Path]]:
+        """Test case id -> (image path, label path) of the prepared set."""
+        return {
+            item["case_id"]: (Path(item["image"]), Path(item["label"]))
+            for item in self.prepared.datalist["test"]
+        }
+
+    def _mask_to_image(self) -> None:
+        """Rung (c): one image per real test mask, through the ControlNet (``foscu sample --labels``)."""
+        import shutil
+
+        from foscu.data.layout import label_path
+        from foscu.generative.sampling import generate
+
+        masks = self.run.root / "ladder" / "test_masks"
+        out = self._ladder_dir("mask_to_image")
+        for folder in (masks, out):
+            if folder.exists():
+                shutil.rmtree(folder)
+        for case_id, (_, label) in self._test_files().items():
+            target = label_path(masks, case_id)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(label, target)
+        s = self.cfg.sample
+        generate(
+            self.run.root,
+            0,
+            out,
+            s.sampler,
+            s.steps,
+            self.cfg.seed,
+            labels_dir=masks,
+            batch_size=s.batch_size,
+            progress=self.progress,
+        )
 
     def _table1(self) -> None:
         from foscu.evaluation.fid import fid_25d, read_volumes, set_features
@@ -323,6 +386,97 @@ class Protocol:
             held_out.update({c: v[0].numpy() for c, v in zip(volumes.case_ids, volumes.images, strict=True)})
         audit = memorization_audit(dict(zip(ids, synthetic, strict=True)), real, held_out)
         write_json_atomic(self.ev / "memorization.json", audit)
+
+    def _predict(self, segmenter: Path, images: dict[str, Path], name: str) -> dict[str, Path]:
+        from foscu.segmentation.predict import predict_cases
+
+        return predict_cases(
+            segmenter, images, self.ev / "ladder" / name, overwrite=True, progress=self.progress
+        )
+
+    def _ladder(self) -> None:
+        """The fidelity ladder (evaluation/ladder.py): rungs (a)-(e) scored by one real-only segmenter."""
+        from foscu.data.layout import case_files
+        from foscu.evaluation import ladder
+        from foscu.evaluation.segmentation_metrics import evaluate_cases
+
+        segmenter = self._segmenter()
+        test = self._test_files()
+        pairs: dict[str, dict[str, tuple[Path, Path]]] = {}
+        # (a) real test images and (b) their VAE reconstructions, against the real masks
+        preds = self._predict(segmenter, {c: img for c, (img, _) in test.items()}, "real")
+        pairs["real"] = {c: (preds[c], test[c][1]) for c in test}
+        vae_images = case_files(self._ladder_dir("vae"), "images")
+        preds = self._predict(segmenter, vae_images, "vae")
+        pairs["vae"] = {c: (preds[c], test[c][1]) for c in vae_images}
+        # (c) images generated from the real test masks, against those masks
+        m2i = self._ladder_dir("mask_to_image")
+        m2i_labels = case_files(m2i, "labels")
+        preds = self._predict(segmenter, case_files(m2i, "images"), "mask_to_image")
+        pairs["mask_to_image"] = {c: (preds[c], m2i_labels[c]) for c in m2i_labels}
+        # (d) Duo-Diffusion pairs: generated label and its image
+        duo_labels = case_files(self.run.samples, "labels")
+        preds = self._predict(segmenter, case_files(self.run.samples, "images"), "duo")
+        pairs["duo"] = {c: (preds[c], duo_labels[c]) for c in duo_labels}
+        # (e) control: the images of (c) against another case's mask
+        pairs["control"] = ladder.control_pairs(pairs["mask_to_image"])
+        metrics = {rung: evaluate_cases(p, "multiclass") for rung, p in pairs.items()}
+        rows = ladder.ladder_rows(metrics)
+        verdict = ladder.conditioning_verdict(metrics["mask_to_image"], metrics["control"])
+        verdict["response"] = self._conditioning_response(test)
+        write_json_atomic(
+            self.ev / "ladder.json",
+            {
+                "rows": rows,
+                "conditioning": verdict,
+                "where_lost": ladder.where_lost(rows),
+                "segmenter": segmenter.name,
+                "images": {
+                    "real": "prepared test images",
+                    "vae": str(self._ladder_dir("vae")),
+                    "mask_to_image": str(m2i),
+                    "duo": str(self.run.samples),
+                    "control": str(m2i),
+                },
+                "cases": {
+                    rung: {c: [str(a), str(b)] for c, (a, b) in p.items()} for rung, p in pairs.items()
+                },
+                "per_case": {rung: m["cases"] for rung, m in metrics.items()},
+                "note": f"Dice (nnU-Net empty-class rule) of the real-only {segmenter.name} segmenter; "
+                "fraction = rung / (a) per class",
+            },
+        )
+
+    def _conditioning_response(self, test: dict[str, tuple[Path, Path]]) -> dict[str, Any]:
+        """Two test masks, one seed: how much, and where, the generated image changes with the mask."""
+        from foscu.data.nifti import read_nifti
+        from foscu.evaluation.ladder import conditioning_response
+        from foscu.generative.sampling import load_pipeline
+
+        pipe = load_pipeline(self.run.root)
+        pipe.decode_patch = self.cfg.sample.decode_patch
+        a, b = (read_nifti(test[c][1], label=True).array for c in sorted(test)[:2])
+        s = self.cfg.sample
+        return {
+            "cases": sorted(test)[:2],
+            **conditioning_response(pipe, a, b, self.cfg.seed, s.sampler, s.steps),
+        }
+
+    def _label_realism(self) -> None:
+        """Shape statistics of the Duo-Diffusion labels against the real training labels."""
+        from foscu.data.layout import case_files
+        from foscu.data.loaders import load_split
+        from foscu.data.nifti import read_nifti
+        from foscu.evaluation.label_realism import label_realism
+
+        real = load_split(self.prepared, "training")
+        real_labels = {c: v.numpy() for c, v in zip(real.case_ids, real.labels, strict=True)}
+        generated = {
+            c: read_nifti(p, label=True).array for c, p in case_files(self.run.samples, "labels").items()
+        }
+        write_json_atomic(
+            self.ev / "label_realism.json", label_realism(real_labels, generated, self.prepared.spacing)
+        )
 
     def _table2(self) -> None:
         from foscu.segmentation.grid import run_table2

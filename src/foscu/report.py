@@ -18,16 +18,25 @@ from typing import Any
 import numpy as np
 
 from foscu.errors import InputError
+from foscu.evaluation.ladder import CLASSES as LADDER_CLASSES
+from foscu.figures import figure_label_realism, figure_ladder, figure_mask_to_image
 from foscu.runs import atomic_path, write_text_atomic
 
 Table = list[dict[str, Any]]
 
 
 def _fmt(value: Any) -> str:
+    """A number at the precision a reader can use: 0.853, 12.4, 454 (never 99.4184)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
+        if abs(value) < 10:
+            return f"{value:.3f}" if abs(value) < 1 else f"{value:.2f}"
+        return f"{value:.1f}" if abs(value) < 100 else f"{value:.0f}"
+    if isinstance(value, list) and value and all(isinstance(v, float) for v in value):
+        return "–".join(_fmt(v) for v in value)
     return str(value)
 
 
@@ -190,6 +199,25 @@ def build_report(run: Path) -> tuple[Path, Path]:
         md = (note + "\n\n" if note else "") + table_markdown(rows)
         sections.append((title, md, (f"<p>{html.escape(note)}</p>" if note else "") + table_html(rows)))
 
+    summary = evidence_summary(run, experiment)
+    if summary:
+        sections.append(
+            (
+                "What this run shows",
+                "\n".join(f"- {line}" for line in summary) + "\n",
+                "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in summary) + "</ul>",
+            )
+        )
+    ladder = _load_json(ev / "ladder.json")
+    if ladder:
+        cols = ["description", "n"] + [f"dice {c}" for c in LADDER_CLASSES] + ["dice mean"]
+        cols += [f"fraction {c}" for c in LADDER_CLASSES]
+        note = f"{ladder['note']}. {ladder['conditioning']['text']} {ladder['where_lost']}"
+        add_table("Fidelity ladder", [{c: r.get(c) for c in cols} for r in ladder["rows"]], note)
+    realism = _load_json(ev / "label_realism.json")
+    if realism:
+        add_table("Label realism: generated vs real training labels", realism["features"], realism["note"])
+        add_table("Label realism: share of labels in which each class is present", realism["presence"])
     table1 = _load_json(ev / "table1.json")
     add_table(
         "Table I: generative quality",
@@ -222,6 +250,17 @@ def build_report(run: Path) -> tuple[Path, Path]:
         "Wall time per step (s)", [{"step": k, "seconds": v} for k, v in timings.items()] if timings else None
     )
 
+    if ladder:
+        figures.append(("Fidelity ladder", figure_ladder(ladder)))
+    m2i = run / "ladder" / "mask_to_image"
+    prepared_root = Path(experiment["data"]) if experiment.get("data") else None
+    if ladder and prepared_root and (m2i / "imagesTr").is_dir():
+        items = _test_items(prepared_root)
+        fig = figure_mask_to_image(items, m2i) if items else None
+        if fig:
+            figures.append(("Mask to image: real test case beside the image generated from its mask", fig))
+    if realism:
+        figures.append(("Label realism: distributions, real vs generated", figure_label_realism(realism)))
     curves = figure_training_curves(run)
     if curves:
         figures.append(("Training curves", curves))
@@ -234,6 +273,59 @@ def build_report(run: Path) -> tuple[Path, Path]:
             if fig4:
                 figures.append(("Real vs synthetic, tumor and tumor-free (Fig. 4)", fig4))
     return _write(run, experiment, sections, figures)
+
+
+def _test_items(prepared: Path) -> dict[str, tuple[Path, Path]]:
+    datalist = _load_json(prepared / "datalist.json") or {}
+    return {
+        item["case_id"]: (prepared / item["image"], prepared / item["label"])
+        for item in datalist.get("test", [])
+    }
+
+
+BUDGET = {
+    "demo": "This is the demo preset: about 15 minutes on 2 CPU cores, at 64x64x32 with tiny networks. It can "
+    "show that every step of the protocol runs, that the segmenter learns the phantom, that generated images "
+    "follow their masks (ladder rungs (c) against (e)) and that generated labels have a liver of about the "
+    "right size. It cannot show fine vessels or tumors in generated labels, FID-level image quality, or a "
+    "Table II gain beyond seed noise: those need the proof preset (docs/results/proof/ in the FOSCU "
+    "repository) or the paper preset on a GPU.",
+}
+
+
+def evidence_summary(run: Path, experiment: dict) -> list[str]:
+    """Plain-words lines from the evidence files: segmenter, ladder verdict, label realism, budget."""
+    ev = run / "evaluation"
+    lines = []
+    preset = str(experiment.get("config", ""))
+    ladder = _load_json(ev / "ladder.json")
+    if ladder:
+        real = next((r for r in ladder["rows"] if r["rung"] == "real"), None)
+        if real:
+            per_class = ", ".join(f"{c.replace('_', ' ')} {_fmt(real[f'dice {c}'])}" for c in LADDER_CLASSES)
+            lines.append(f"The real-only segmenter scores on the real test images: {per_class} (Dice).")
+        lines.append(ladder["conditioning"]["text"])
+        lines.append(ladder["where_lost"])
+    realism = _load_json(ev / "label_realism.json")
+    if realism:
+        f = {r["feature"]: r for r in realism["features"]}
+        liver = f.get("liver_ml")
+        share = f.get("organ_largest_share")
+        presence = {p["class"]: p for p in realism["presence"]}
+        if liver and share:
+            lines.append(
+                f"Generated labels: median liver {_fmt(liver['generated median'])} mL against "
+                f"{_fmt(liver['real median'])} mL real; largest organ component holds a median "
+                f"{_fmt(share['generated median'])} of the organ (real {_fmt(share['real median'])}); "
+                + ", ".join(
+                    f"{c.replace('_', ' ')} present in {p['generated']:.0%} (real {p['real']:.0%})"
+                    for c, p in presence.items()
+                )
+                + f"; summary distance {_fmt(realism['summary_distance'])} (0 = real)."
+            )
+    if preset in BUDGET:
+        lines.append(BUDGET[preset])
+    return lines
 
 
 def _write(run: Path, experiment: dict, sections, figures) -> tuple[Path, Path]:

@@ -1,0 +1,61 @@
+"""Label realism: shape statistics worked out by hand, and the distance between label sets."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from foscu.evaluation.label_realism import compare_labels, label_features, label_realism
+from foscu.labels import HEPATIC_VEIN, LIVER, PORTAL_VEIN, TUMOR
+
+
+def _liver_case(vessel_outside: bool = False, tumors: int = 1, split_liver: bool = False) -> np.ndarray:
+    label = np.zeros((40, 40, 20), dtype=np.uint8)
+    label[5:25, 5:25, 2:12] = LIVER  # 20*20*10 = 4000 voxels
+    if split_liver:
+        label[30:36, 30:36, 14:18] = LIVER  # a second, detached piece
+    label[10:20, 14:15, 6:7] = PORTAL_VEIN  # a thin vessel inside the liver
+    if vessel_outside:
+        label[30:38, 2:3, 18:19] = HEPATIC_VEIN  # far from any liver voxel
+    else:
+        label[14:15, 8:20, 8:9] = HEPATIC_VEIN
+    for k in range(tumors):
+        label[7 + 6 * k : 9 + 6 * k, 20:22, 3:5] = TUMOR
+    return label
+
+
+def test_features_by_hand():
+    f = label_features(_liver_case(), spacing=(1.0, 1.0, 2.0))  # 2 uL voxels
+    assert f["tumor_components"] == 1 and f["tumor_ml"] == pytest.approx(8 * 0.002)
+    assert f["portal_vein_ml"] == pytest.approx(10 * 0.002)
+    assert f["organ_components"] == 1 and f["organ_largest_share"] == 1.0
+    assert f["vessel_in_liver_share"] == 1.0
+    two = label_features(_liver_case(tumors=2, split_liver=True), spacing=(1.0, 1.0, 1.0))
+    assert two["tumor_components"] == 2 and two["organ_components"] == 2
+    assert two["organ_largest_share"] == pytest.approx(4000 / (4000 + 144))
+
+
+def test_vessels_away_from_the_liver_are_counted_outside():
+    f = label_features(_liver_case(vessel_outside=True), spacing=(1.0, 1.0, 1.0))
+    assert f["vessel_in_liver_share"] == pytest.approx(10 / (10 + 8))
+    empty = label_features(np.zeros((8, 8, 8), np.uint8), (1.0, 1.0, 1.0))
+    assert math.isnan(empty["vessel_in_liver_share"]) and empty["organ_components"] == 0
+
+
+def test_identical_sets_have_zero_distance_and_shifted_sets_do_not():
+    real = {f"r{i}": _liver_case(tumors=i % 2) for i in range(6)}
+    same = label_realism(real, dict(real), (1.0, 1.0, 1.0))
+    assert same["summary_distance"] == pytest.approx(0.0)
+    blobs = {f"g{i}": _liver_case(vessel_outside=True, tumors=2, split_liver=True) for i in range(4)}
+    off = label_realism(real, blobs, (1.0, 1.0, 1.0))
+    assert off["summary_distance"] > 0.5
+    presence = {p["class"]: p for p in off["presence"]}
+    assert presence["tumor"]["real"] == pytest.approx(0.5) and presence["tumor"]["generated"] == 1.0
+    assert presence["hepatic_vein"]["generated"] == 1.0
+
+
+def test_compare_needs_both_sets():
+    with pytest.raises(ValueError):
+        compare_labels({}, {"g": label_features(_liver_case(), (1.0, 1.0, 1.0))})
