@@ -195,6 +195,9 @@ class SegmentationConfig(Section):
     channels: list[int] = Field(default_factory=lambda: [16, 32, 64, 128, 256])
     widen_factor: int = Field(2, ge=1, description="WideResUNet: channels x this factor")
     patch_size: list[int] | None = None  # None: the whole prepared ROI
+    # with patches: the share of patches centred on a foreground voxel, of a class drawn uniformly among
+    # the classes the case holds (nnU-Net forces 1/3 of its patches onto foreground); the rest are random
+    foreground_oversample: float = Field(0.33, ge=0, le=1)
     synthetic_fraction: float = Field(1.0, ge=0, description="synthetic cases per real training case")
     sw_batch_size: int = Field(2, ge=1)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(lr=1e-4, weight_decay=1e-5, patience=10))
