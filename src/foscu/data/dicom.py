@@ -5,18 +5,25 @@ for unsorted files, two series in one folder, a missing slice or a gantry tilt. 
 checked first: slices ordered by ImagePositionPatient projected on the slice normal (never by file name
 or InstanceNumber), one orientation and one matrix size, even steps with no gap, positions along the
 normal. A series that fails is refused with its reason in ``conversion.json``; the others still convert.
+
+Compressed transfer syntaxes decode through pydicom's plugins (pylibjpeg, pyjpegls); enhanced multi-frame
+files become one slice per frame (``dicom_frames``). Files whose SeriesInstanceUID was blanked by a
+de-identification tool are grouped the way dcm2niix does: by series number, description, acquisition,
+orientation, matrix size and pixel spacing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from foscu.data.dicom_frames import SeriesRefused, Slice, decode_pixels, fmt, frame_slices, what_differs
 from foscu.data.layout import image_path, write_dataset_json
 from foscu.data.nifti import write_nifti
 from foscu.errors import InputError
@@ -27,15 +34,16 @@ GAP_FACTOR = 1.5  # a step above 1.5x the median step means missing slice(s)
 ORIENTATION_TOL = 1e-4  # direction cosines that differ by more are "mixed orientations"
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 REDACTED = "<redacted>"
-
-
-class SeriesRefused(Exception):
-    """A series that cannot become one correct volume; the message says why."""
+NO_UID_PREFIX = "no-uid-"  # series keys made up for files whose SeriesInstanceUID is blank
+__all__ = ["SeriesRefused", "convert_dicom", "scan_dicom_tree", "series_geometry", "read_series_volume"]
 
 
 @dataclass
 class Series:
-    """The headers (read without pixels) of one SeriesInstanceUID, in file-walk order."""
+    """The headers (read without pixels) of one series, in file-walk order.
+
+    ``uid`` is the SeriesInstanceUID, or ``no-uid-<hash of the grouping values>`` where it was blank.
+    """
 
     uid: str
     root: Path
@@ -54,45 +62,96 @@ class Series:
         return str(self.headers[0][1].get("StudyInstanceUID", ""))
 
     @property
+    def has_uid(self) -> bool:
+        return not self.uid.startswith(NO_UID_PREFIX)
+
+    @property
     def label(self) -> str:
         return f"series {self.uid} ({self.description!r})"
+
+    def where(self, piece: Slice) -> str:
+        """A slice as messages name it: its file, and its frame for a multi-frame file."""
+        name = self.name(piece.path)
+        return name if piece.frame is None else f"{name} frame {piece.frame}"
 
 
 @dataclass
 class Geometry:
-    """A checked series: files in slice order, voxel (i=column, j=row, k=slice) -> RAS mm affine."""
+    """A checked series: slices in order, voxel (i=column, j=row, k=slice) -> RAS mm affine."""
 
-    files: list[Path]
+    slices: list[Slice]
     affine: np.ndarray
     spacing: tuple[float, float, float]
     shape: tuple[int, int, int]
     warnings: list[str]
 
 
-def scan_dicom_tree(root: Path) -> tuple[dict[str, Series], list[dict[str, str]]]:
-    """Read every file's header (no pixels) under ``root``; group by SeriesInstanceUID.
-
-    Returns the series and the skipped files, each ``{"file": relative path, "reason": ...}``.
-    """
+def _read_header(path: Path) -> tuple[Any, str | None]:
+    """(dataset, None) for a DICOM file, (None, reason) otherwise; files without the preamble are read too."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True), None
+    except InvalidDicomError:
+        pass
+    except Exception as err:  # truncated or corrupt headers raise many types
+        return None, f"unreadable DICOM ({type(err).__name__}: {err})"
+    try:  # old archives and some exporters write no 128-byte preamble / "DICM" prefix
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns while guessing the VR of a non-DICOM file
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception:
+        return None, "not a DICOM file"
+    if "SOPClassUID" in ds and "Modality" in ds:
+        return ds, None
+    return None, "not a DICOM file"
+
+
+def _no_uid_key(ds: Any) -> str:
+    """A series key for a file without SeriesInstanceUID, from what dcm2niix groups by.
+
+    Series number, description, acquisition number, orientation (to 1e-3), matrix size and pixel spacing:
+    no file name and no patient identifier, so the key (and the case id) is stable and anonymous.
+    """
+    orientation = [round(float(v), 3) + 0.0 for v in ds.get("ImageOrientationPatient") or []]
+    spacing = [round(float(v), 4) for v in ds.get("PixelSpacing") or []]
+    values = [
+        ds.get("StudyInstanceUID", ""),
+        ds.get("SeriesNumber", ""),
+        ds.get("SeriesDescription", ""),
+        ds.get("AcquisitionNumber", ""),
+        orientation,
+        ds.get("Rows", ""),
+        ds.get("Columns", ""),
+        spacing,
+    ]
+    digest = hashlib.sha256(repr([str(v) for v in values]).encode()).hexdigest()
+    return NO_UID_PREFIX + digest[:16]
+
+
+def scan_dicom_tree(root: Path) -> tuple[dict[str, Series], list[dict[str, str]]]:
+    """Read every file's header (no pixels) under ``root``; group by SeriesInstanceUID.
+
+    Files with a blank SeriesInstanceUID are grouped by :func:`_no_uid_key`. Returns the series and the
+    skipped files, each ``{"file": relative path, "reason": ...}``; a DICOM file is never called "not DICOM".
+    """
     series: dict[str, Series] = {}
     skipped: list[dict[str, str]] = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = str(path.relative_to(root))
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except InvalidDicomError:
-            skipped.append({"file": rel, "reason": "not a DICOM file"})
+        ds, reason = _read_header(path)
+        if ds is None:
+            skipped.append({"file": rel, "reason": str(reason)})
             continue
-        except Exception as err:  # truncated or corrupt headers raise many types
-            skipped.append({"file": rel, "reason": f"unreadable DICOM ({type(err).__name__}: {err})"})
+        if "DirectoryRecordSequence" in ds:
+            skipped.append({"file": rel, "reason": "DICOMDIR (an index of the other files, no image)"})
             continue
-        uid = str(ds.get("SeriesInstanceUID", ""))
-        if not uid:
-            skipped.append({"file": rel, "reason": "DICOM without SeriesInstanceUID (e.g. a DICOMDIR)"})
+        if "Rows" not in ds or "Columns" not in ds:
+            sop_class = getattr(ds.get("SOPClassUID"), "name", "unknown SOP class")
+            skipped.append({"file": rel, "reason": f"DICOM without an image ({sop_class})"})
             continue
+        uid = str(ds.get("SeriesInstanceUID", "") or "").strip() or _no_uid_key(ds)
         series.setdefault(uid, Series(uid, root)).headers.append((path, ds))
     return series, skipped
 
@@ -106,81 +165,68 @@ def anonymous_case_ids(series: dict[str, Series]) -> dict[str, str]:
     return {uid: f"{CASE_PREFIX}_{n:04d}" for n, uid in enumerate(sorted(series, key=lambda u: digest[u]))}
 
 
-def _floats(ds: Any, keyword: str, count: int, series: Series, path: Path) -> np.ndarray:
-    label = series.label
-    value = ds.get(keyword)
+def _floats(piece: Slice, keyword: str, count: int, series: Series) -> np.ndarray:
+    label, where = series.label, series.where(piece)
+    value = piece.ds.get(keyword)
     if value is None:
-        raise SeriesRefused(f"{label}: {series.name(path)} has no {keyword}")
+        raise SeriesRefused(f"{label}: {where} has no {keyword}")
     try:
         values = np.array([float(v) for v in value], dtype=np.float64)
     except (TypeError, ValueError):
-        raise SeriesRefused(f"{label}: {series.name(path)} has non-numeric {keyword} {value!r}") from None
+        raise SeriesRefused(f"{label}: {where} has non-numeric {keyword} {value!r}") from None
     if values.shape != (count,) or not np.all(np.isfinite(values)):
-        raise SeriesRefused(f"{label}: {series.name(path)} has {keyword} {list(values)}, not {count} numbers")
+        raise SeriesRefused(f"{label}: {where} has {keyword} {fmt(values)}, not {count} numbers")
     return values
 
 
-def _check_uniform_headers(series: Series) -> list[tuple[Path, Any]]:
-    """Refuse what one volume cannot hold: < 3 slices, multi-frame, colour, mixed sizes or orientations."""
+def series_slices(series: Series) -> tuple[list[Slice], int]:
+    """Every slice (frame) of a series, duplicates dropped; refuses what one volume cannot hold.
+
+    Refused: mosaics, multi-frame files without functional groups, colour, mixed matrix sizes, < 3 slices.
+    Returns the slices and the number of duplicate files/frames dropped.
+    """
     label = series.label
-    unique: dict[str, tuple[Path, Any]] = {}
+    unique: dict[str, Slice] = {}
+    total = 0
     for path, ds in series.headers:
-        sop = str(ds.get("SOPInstanceUID", path))
-        unique.setdefault(sop, (path, ds))
-    headers = list(unique.values())
-    if len(headers) < 3:
-        raise SeriesRefused(f"{label}: only {len(headers)} slice(s), a volume needs at least 3")
-    first = headers[0][1]
-    for path, ds in headers:
         where = series.name(path)
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            raise SeriesRefused(f"{label}: {where} is multi-frame (enhanced) DICOM, not supported")
         if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
             raise SeriesRefused(f"{label}: {where} is not greyscale (SamplesPerPixel != 1)")
-        size, size0 = (ds.get("Rows"), ds.get("Columns")), (first.get("Rows"), first.get("Columns"))
+        try:
+            pieces = frame_slices(path, ds, where)
+        except SeriesRefused as err:
+            raise SeriesRefused(f"{label}: {err}") from None
+        total += len(pieces)
+        for piece in pieces:
+            unique.setdefault(piece.key, piece)
+    slices = list(unique.values())
+    first = slices[0].ds
+    for piece in slices:
+        size, size0 = (
+            (piece.ds.get("Rows"), piece.ds.get("Columns")),
+            (first.get("Rows"), first.get("Columns")),
+        )
         if None in size or size != size0:
-            raise SeriesRefused(f"{label}: mixed dimensions, rows x columns {size0} and {size} ({where})")
-    return headers
+            raise SeriesRefused(
+                f"{label}: mixed dimensions, rows x columns {size0} and {size} ({series.where(piece)})"
+            )
+    if len(slices) < 3:
+        raise SeriesRefused(f"{label}: only {len(slices)} slice(s), a volume needs at least 3")
+    return slices, total - len(slices)
 
 
-def series_geometry(series: Series) -> Geometry:
-    """Check a series and order its slices along the normal; raise SeriesRefused with the reason."""
+def _check_steps(series: Series, along: np.ndarray, slices: list[Slice]) -> None:
+    """Refuse repeated positions (naming what differs there), gaps and uneven spacing; ``along`` sorted."""
     label = series.label
-    headers = _check_uniform_headers(series)
-    warnings: list[str] = []
-    if len(headers) < len(series.headers):
-        n_dupes = len(series.headers) - len(headers)
-        warnings.append(f"{n_dupes} duplicate file(s) (same SOPInstanceUID) ignored")
-    path0, ds0 = headers[0]
-    cosines = _floats(ds0, "ImageOrientationPatient", 6, series, path0)
-    row_dir, col_dir = cosines[:3], cosines[3:]  # LPS directions of increasing column / increasing row
-    lengths = np.linalg.norm(row_dir), np.linalg.norm(col_dir)
-    if max(abs(lengths[0] - 1), abs(lengths[1] - 1), abs(row_dir @ col_dir)) > 1e-3:
-        raise SeriesRefused(f"{label}: ImageOrientationPatient {list(cosines)} is not orthonormal")
-    normal = np.cross(row_dir, col_dir)
-    pixel_spacing = _floats(ds0, "PixelSpacing", 2, series, path0)  # (between rows, between columns)
-    if np.any(pixel_spacing <= 0):
-        raise SeriesRefused(f"{label}: {series.name(path0)} has PixelSpacing {list(pixel_spacing)} <= 0")
-    positions = []
-    for path, ds in headers:
-        other, where = _floats(ds, "ImageOrientationPatient", 6, series, path), series.name(path)
-        if np.max(np.abs(other - cosines)) > ORIENTATION_TOL:
-            raise SeriesRefused(f"{label}: mixed orientations, {list(cosines)} and {list(other)} ({where})")
-        if np.max(np.abs(_floats(ds, "PixelSpacing", 2, series, path) - pixel_spacing)) > 1e-4:
-            raise SeriesRefused(f"{label}: mixed PixelSpacing ({where})")
-        positions.append(_floats(ds, "ImagePositionPatient", 3, series, path))
-
-    # Slice order: position projected on the normal, never file name or InstanceNumber.
-    positions_lps = np.stack(positions)  # (N, 3)
-    along = positions_lps @ normal
-    order = np.argsort(along, kind="stable")
-    positions_lps, along = positions_lps[order], along[order]
     steps = np.diff(along)
     if np.min(steps) < 1e-3:
         k = int(np.argmin(steps))
+        differs = what_differs(slices)
+        why = (
+            f"{differs} in one series" if differs else "several echoes, phases or time points in one series?"
+        )
         raise SeriesRefused(
-            f"{label}: slices {k} and {k + 1} share a position ({along[k]:.3f} mm along the normal); "
-            "several echoes, phases or time points in one series?"
+            f"{label}: slices {k} and {k + 1} share a position ({along[k]:.3f} mm along the normal); {why}"
         )
     median = float(np.median(steps))
     if np.max(steps) > GAP_FACTOR * median:
@@ -193,6 +239,45 @@ def series_geometry(series: Series) -> Geometry:
         raise SeriesRefused(
             f"{label}: uneven slice spacing, steps from {steps.min():.3f} to {steps.max():.3f} mm"
         )
+
+
+def series_geometry(series: Series) -> Geometry:
+    """Check a series and order its slices along the normal; raise SeriesRefused with the reason."""
+    label = series.label
+    slices, n_dupes = series_slices(series)
+    warnings: list[str] = []
+    if n_dupes:
+        warnings.append(f"{n_dupes} duplicate file(s) or frame(s) (same SOPInstanceUID) ignored")
+    if not series.has_uid:
+        warnings.append(
+            "no SeriesInstanceUID: files grouped by series number, description, acquisition, "
+            "orientation, matrix size and pixel spacing (as dcm2niix does)"
+        )
+    first = slices[0]
+    cosines = _floats(first, "ImageOrientationPatient", 6, series)
+    row_dir, col_dir = cosines[:3], cosines[3:]  # LPS directions of increasing column / increasing row
+    lengths = np.linalg.norm(row_dir), np.linalg.norm(col_dir)
+    if max(abs(lengths[0] - 1), abs(lengths[1] - 1), abs(row_dir @ col_dir)) > 1e-3:
+        raise SeriesRefused(f"{label}: ImageOrientationPatient {fmt(cosines)} is not orthonormal")
+    normal = np.cross(row_dir, col_dir)
+    pixel_spacing = _floats(first, "PixelSpacing", 2, series)  # (between rows, between columns)
+    if np.any(pixel_spacing <= 0):
+        raise SeriesRefused(f"{label}: {series.where(first)} has PixelSpacing {fmt(pixel_spacing)} <= 0")
+    positions = []
+    for piece in slices:
+        other, where = _floats(piece, "ImageOrientationPatient", 6, series), series.where(piece)
+        if np.max(np.abs(other - cosines)) > ORIENTATION_TOL:
+            raise SeriesRefused(f"{label}: mixed orientations, {fmt(cosines)} and {fmt(other)} ({where})")
+        if np.max(np.abs(_floats(piece, "PixelSpacing", 2, series) - pixel_spacing)) > 1e-4:
+            raise SeriesRefused(f"{label}: mixed PixelSpacing ({where})")
+        positions.append(_floats(piece, "ImagePositionPatient", 3, series))
+
+    # Slice order: position projected on the normal, never file name or InstanceNumber.
+    positions_lps = np.stack(positions)  # (N, 3)
+    along = positions_lps @ normal
+    order = np.argsort(along, kind="stable")
+    positions_lps, along = positions_lps[order], along[order]
+    _check_steps(series, along, slices)
     offsets = positions_lps - positions_lps[0]  # (N, 3)
     in_plane = np.linalg.norm(offsets - np.outer(offsets @ normal, normal), axis=1)
     if np.any(in_plane > 0.01 + 1e-3 * np.abs(offsets @ normal)):
@@ -205,38 +290,45 @@ def series_geometry(series: Series) -> Geometry:
     affine_lps = np.eye(4)
     affine_lps[:3, 0] = row_dir * pixel_spacing[1]
     affine_lps[:3, 1] = col_dir * pixel_spacing[0]
-    affine_lps[:3, 2] = (positions_lps[-1] - positions_lps[0]) / (len(headers) - 1)
+    affine_lps[:3, 2] = (positions_lps[-1] - positions_lps[0]) / (len(slices) - 1)
     affine_lps[:3, 3] = positions_lps[0]
     step = float(np.linalg.norm(affine_lps[:3, 2]))
-    thickness = ds0.get("SliceThickness")
+    thickness = first.ds.get("SliceThickness")
     if thickness is not None and abs(float(thickness) - step) > 0.01 * step:
         warnings.append(f"SliceThickness {float(thickness):g} mm differs from the slice step {step:.4g} mm")
-    if (0x2005, 0x100E) in ds0:
+    header0 = series.headers[0][1]
+    if (0x2005, 0x100E) in header0:
         warnings.append("Philips private scale slope present: values are RescaleSlope/Intercept values")
-    files = [headers[i][0] for i in order]
-    shape = (int(ds0.Columns), int(ds0.Rows), len(files))
+    if str(header0.get("LossyImageCompression", "")) == "01":
+        warnings.append(
+            "lossy compressed pixel data (LossyImageCompression 01): voxel values are approximate"
+        )
+    ordered = [slices[i] for i in order]
+    shape = (int(first.ds.Columns), int(first.ds.Rows), len(ordered))
     spacing = (float(pixel_spacing[1]), float(pixel_spacing[0]), step)
-    return Geometry(files, LPS_TO_RAS @ affine_lps, spacing, shape, warnings)
+    return Geometry(ordered, LPS_TO_RAS @ affine_lps, spacing, shape, warnings)
 
 
 def read_series_volume(geometry: Geometry, series: Series) -> np.ndarray:
-    """Read the pixels slice by slice in geometry order, rescaled (RescaleSlope/Intercept or Modality LUT)."""
-    import pydicom
+    """Read the pixels in geometry order, rescaled (RescaleSlope/Intercept or Modality LUT) per slice."""
     from pydicom.pixels import apply_modality_lut
 
     label = series.label
     volume = np.empty(geometry.shape, dtype=np.float64)  # (columns, rows, slices)
-    for k, path in enumerate(geometry.files):
-        ds, where = pydicom.dcmread(path), series.name(path)
-        if "PixelData" not in ds:
-            raise SeriesRefused(f"{label}: {where} has no pixel data")
-        try:
-            pixels = ds.pixel_array  # (rows, columns)
-        except Exception as err:  # missing decoders and corrupt data raise many types
-            raise SeriesRefused(f"{label}: cannot decode the pixel data of {where} ({err})") from None
+    decoded: dict[Path, tuple[Any, np.ndarray]] = {}  # file -> (dataset, (frames, rows, columns))
+    for k, piece in enumerate(geometry.slices):
+        if piece.path not in decoded:
+            try:
+                decoded[piece.path] = decode_pixels(piece.path, series.name(piece.path))
+            except SeriesRefused as err:
+                raise SeriesRefused(f"{label}: {err}") from None
+        _, frames = decoded[piece.path]
+        pixels = frames[piece.frame or 0]  # (rows, columns)
         if pixels.shape != geometry.shape[1::-1]:
-            raise SeriesRefused(f"{label}: {where} has pixels of shape {pixels.shape}, not rows x columns")
-        volume[:, :, k] = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64).T
+            raise SeriesRefused(
+                f"{label}: {series.where(piece)} has pixels of shape {pixels.shape}, not rows x columns"
+            )
+        volume[:, :, k] = np.asarray(apply_modality_lut(pixels, piece.ds), dtype=np.float64).T
     return volume
 
 
@@ -290,7 +382,12 @@ def convert_dicom(
         raise InputError(root, "folder is empty (no files)")
     series, skipped = scan_dicom_tree(root)
     if not series:
-        raise InputError(root, f"no DICOM series found ({len(skipped)} file(s) skipped, not DICOM)")
+        reasons: dict[str, int] = {}
+        for item in skipped:
+            reason = item["reason"].split(" (")[0]
+            reasons[reason] = reasons.get(reason, 0) + 1
+        why = ", ".join(f"{n} {reason}" for reason, n in reasons.items())
+        raise InputError(root, f"no DICOM image series found ({len(skipped)} file(s) skipped: {why})")
     case_ids = anonymous_case_ids(series)
     identifiers = _identifiers(series)
     selected = [s for s in series.values() if pattern is None or pattern.search(s.description)]
@@ -303,7 +400,7 @@ def convert_dicom(
             case_id = case_ids[s.uid]
             entry = {
                 "case_id": case_id,
-                "series_uid": s.uid,
+                "series_uid": s.uid if s.has_uid else None,
                 "study_uid": s.study_uid,
                 "description": _redact(s.description, identifiers),
             }
@@ -339,7 +436,7 @@ def convert_dicom(
             "not_selected": [
                 {
                     "case_id": case_ids[uid],
-                    "series_uid": uid,
+                    "series_uid": uid if s.has_uid else None,
                     "description": _redact(s.description, identifiers),
                 }
                 for uid, s in sorted(series.items(), key=lambda item: case_ids[item[0]])
