@@ -397,21 +397,36 @@ def bench_pipeline(b: Bench) -> Any:
     )
 
 
+def with_timesteps(pipe: Any, timesteps: int) -> Any:
+    """The pipeline with every LDM's schedule shortened to ``timesteps`` training timesteps: DDPM samples only
+    with all of them, and a DDPM step costs the same (one UNet pass + one scheduler step) whatever T is."""
+    from dataclasses import replace
+
+    def shorten(model: Any) -> Any:
+        if model is None:
+            return None
+        scheduler = model.scheduler.model_copy(update={"num_train_timesteps": timesteps})
+        return replace(model, scheduler=scheduler)
+
+    return replace(pipe, image=shorten(pipe.image), label=shorten(pipe.label))
+
+
 def reference_sampling(
     run: Callable[[int], Any], reference_steps: int, device: torch.device
 ) -> tuple[float, float | None, str]:
-    """Seconds of ``TRAIN_TIMESTEPS``-step DDPM: timed whole, or from ``reference_steps`` steps and 1 step
-    (fixed cost = decoding etc.) extrapolated linearly per step."""
+    """Seconds of ``TRAIN_TIMESTEPS``-step DDPM: timed whole, or from ``reference_steps`` steps and 2 steps
+    (fixed cost = decoding etc.) extrapolated linearly per step. ``run(k)`` samples with DDPM over k
+    training timesteps."""
     if reference_steps >= TRAIN_TIMESTEPS:
         seconds, peak, _ = timed(lambda: run(TRAIN_TIMESTEPS), device)
         return seconds, peak, f"DDPM-{TRAIN_TIMESTEPS} timed whole"
-    one, _, _ = timed(lambda: run(1), device)
+    two, _, _ = timed(lambda: run(2), device)
     many, peak, _ = timed(lambda: run(reference_steps), device)
-    per_step = (many - one) / (reference_steps - 1)
-    seconds = one + (TRAIN_TIMESTEPS - 1) * per_step
+    per_step = (many - two) / (reference_steps - 2)
+    seconds = two + (TRAIN_TIMESTEPS - 2) * per_step
     note = (
         f"DDPM-{TRAIN_TIMESTEPS} extrapolated linearly from {reference_steps} measured DDPM steps "
-        f"({many:.2f} s) and 1 step ({one:.2f} s): {per_step:.4f} s per step"
+        f"({many:.2f} s) and 2 steps ({two:.2f} s): {per_step:.4f} s per step"
     )
     return seconds, peak, note
 
@@ -424,7 +439,7 @@ def bench_sample_pair(b: Bench, pipe: Any, reference_steps: int, repeats: int) -
     generate_batch(pipe, seed, "ddim", 1)  # warm-up: every network once
     ours = [timed(lambda: generate_batch(pipe, seed, "ddim", steps), b.device) for _ in range(repeats)]
     reference_s, reference_peak, note = reference_sampling(
-        lambda k: generate_batch(pipe, seed, "ddpm", k), reference_steps, b.device
+        lambda k: generate_batch(with_timesteps(pipe, k), seed, "ddpm", None), reference_steps, b.device
     )
     ours_s = statistics.median(t for t, _, _ in ours)
     line = {"name": f"sample_pair_ddim{steps}_vs_ddpm{TRAIN_TIMESTEPS}", **result_line(ours_s, reference_s)}
@@ -468,9 +483,9 @@ def foreground_dice(a: np.ndarray, c: np.ndarray) -> float:
     return float(np.mean(scores)) if scores else 1.0
 
 
-def train_phantom_run(folder: Path, cases: int, steps: int) -> tuple[Path, Path]:
+def train_phantom_run(folder: Path, cases: int, steps: int, timesteps: int) -> tuple[Path, Path]:
     """A tiny phantom set (32x32x16), prepared, and the five Duo-Diffusion stages trained ``steps`` steps each
-    at the tiny preset (with 1000 training timesteps), through the same train_stage as ``foscu train``."""
+    at the tiny preset (with ``timesteps`` training timesteps), through the same train_stage as ``foscu train``."""
     from foscu.data.phantom import write_phantom_set
     from foscu.data.prepare import prepare_dataset
     from foscu.generative.stages import train_stage
@@ -482,7 +497,7 @@ def train_phantom_run(folder: Path, cases: int, steps: int) -> tuple[Path, Path]
         folder / "raw", prepared, roi=roi, center="tumor", split=(0.75, 0.25, 0.0), seed=0, progress=False
     )
     sections = ("label_vae", "image_vae", "label_ldm", "image_ldm", "controlnet")
-    overrides = [f"{s}.scheduler.num_train_timesteps={TRAIN_TIMESTEPS}" for s in ("label_ldm", "image_ldm")]
+    overrides = [f"{s}.scheduler.num_train_timesteps={timesteps}" for s in ("label_ldm", "image_ldm")]
     for s in sections:
         overrides += [
             f"{s}.train.steps={steps}",
@@ -509,7 +524,8 @@ def bench_quality(
     from foscu.generative.sampling import generate_batch, load_pipeline
 
     with tempfile.TemporaryDirectory(prefix="foscu-bench-") as tmp:
-        prepared, run = train_phantom_run(Path(tmp), cases, train_steps)
+        # DDPM samples only with every training timestep: the networks train with reference_steps of them
+        prepared, run = train_phantom_run(Path(tmp), cases, train_steps, reference_steps)
         prep = read_prepared(prepared)
         real = [v[0].numpy() for split in ("training", "validation") for v in load_split(prep, split).images]
         pipe = load_pipeline(run)
@@ -549,7 +565,7 @@ def bench_quality(
             "shape": list(PRESET_ROI["tiny"]),
             "note": f"tiny preset networks trained {train_steps} steps per stage on a {cases}-case 32x32x16 "
             f"phantom "
-            f"(1000 training timesteps); same seeds for every sampler; FRD (radiomics-style 2.5D Frechet, "
+            f"({reference_steps} training timesteps); same seeds for every sampler; FRD (radiomics-style 2.5D Frechet, "
             f"foscu.evaluation.fid) against the {len(real)} real volumes; images in [0, 1]; seconds per pair",
         }
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -105,9 +106,14 @@ def test_sigkill_mid_training_resumes_from_the_last_checkpoint(tmp_path):
     proc.wait()
     step = load_state(folder / "train_state.pt")["step"]
     assert 3 <= step < 200
-    assert not list(folder.glob("*.tmp*")) or True  # leftovers are named .tmp-*, never a real name
+    # a kill leaves at most .tmp-* leftovers (runs.atomic_path); every other name is one the engine writes,
+    # and every weight or state file under a real name is whole
+    real = [p.name for p in folder.iterdir() if not p.name.startswith(".tmp-")]
+    known = re.compile(r"checkpoint-\d{7}\.safetensors|train_state\.pt|metrics\.jsonl|tensorboard")
+    assert real and all(known.fullmatch(name) for name in real), real
     for path in folder.glob("checkpoint-*.safetensors"):
-        read_weights(path)  # every file under a real name is whole
+        read_weights(path)
+    assert load_state(folder / "train_state.pt")["checkpoint"] in real
     subprocess.run(
         [sys.executable, str(TESTS / "engine_toy.py"), str(folder), "200", "resume"], env=env, check=True
     )

@@ -53,6 +53,16 @@ def decode_volume(autoencoder: nn.Module, z: torch.Tensor, patch: list[int] | No
     )
 
 
+def unit_range(images: torch.Tensor) -> torch.Tensor:
+    """(B, C, X, Y, Z) -> each volume min-max scaled to [0, 1], the rule ``foscu prepare`` applies to real ROIs
+    (a constant volume becomes zeros), so every consumer of a sample sees the intensities it was written with."""
+    x = images.float()
+    lo = x.flatten(1).amin(1).view(-1, *[1] * (x.dim() - 1))
+    hi = x.flatten(1).amax(1).view(-1, *[1] * (x.dim() - 1))
+    span = hi - lo
+    return torch.where(span > 1e-12, (x - lo) / span.clamp_min(1e-12), torch.zeros_like(x))
+
+
 @dataclass
 class Pipeline:
     image: LatentModel
@@ -98,17 +108,45 @@ def load_pipeline(run_root: Path, model: str = "duo", controlnet_folder: str = "
     return pipe
 
 
+SAMPLERS = ("ddpm", "ddim", "rflow")
+
+
+def sampler_steps(scheduler: SchedulerConfig, sampler: str, steps: int | None) -> int:
+    """The step count ``sampler`` runs: DDPM only with every training timestep, refused otherwise.
+
+    MONAI's ``DDPMScheduler.step`` moves z_t to z_{t-1} with a one-step posterior whatever the spacing of the
+    timesteps, so DDPM over fewer steps than it was trained with returns mostly noise (an exact epsilon oracle
+    on N(0, 0.1^2) data ends with std 0.73 after 50 of 1000 steps; DDIM-50 ends with 0.07).
+    """
+    if sampler not in SAMPLERS:
+        raise InputError("--sampler", f"expected one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    total = scheduler.num_train_timesteps
+    if sampler != "ddpm":
+        return 50 if steps is None else steps
+    if steps is not None and steps != total:
+        raise InputError(
+            "--steps",
+            f"ddpm samples only with all {total} training timesteps, got {steps} "
+            f"(use --steps {total}, or --sampler ddim for fewer steps)",
+        )
+    return total
+
+
 @torch.no_grad()
 def denoise(
     model: LatentModel,
     noise: torch.Tensor,
     sampler: str,
-    steps: int,
+    steps: int | None,
     generators: list[torch.Generator],
     control: nn.Module | None = None,
     condition: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Run the reverse process from z_T = noise to z_0 (scaled latent space)."""
+    """Run the reverse process from z_T = noise to z_0 (scaled latent space).
+
+    ``steps`` None: DDPM with all its training timesteps (the only count it samples correctly), DDIM/RFlow 50.
+    """
+    steps = sampler_steps(model.scheduler, sampler, steps)
     scheduler = sampling_scheduler(model.scheduler, model.objective, sampler)  # type: ignore[arg-type]
     if sampler == "rflow":
         scheduler.set_timesteps(
@@ -155,7 +193,7 @@ def _sample_latent(
     seeds: list[int],
     stream: int,
     sampler: str,
-    steps: int,
+    steps: int | None,
     control: nn.Module | None = None,
     condition: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -168,15 +206,15 @@ def _sample_latent(
 
 @torch.no_grad()
 def generate_batch(
-    pipe: Pipeline, seeds: list[int], sampler: str, steps: int, labels: torch.Tensor | None = None
+    pipe: Pipeline, seeds: list[int], sampler: str, steps: int | None, labels: torch.Tensor | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Images (B, X, Y, Z) in [0, 1] and labels (B, X, Y, Z) for one batch of per-sample seeds."""
+    """Images (B, X, Y, Z) min-max scaled to [0, 1] and labels (B, X, Y, Z) for one batch of per-sample seeds."""
     device = next(pipe.image.unet.parameters()).device
     num_classes = len(pipe.labels)
     if pipe.controlnet is None:  # baselines: the image LDM alone
         z_0 = _sample_latent(pipe.image, seeds, 1, sampler, steps)
         images = decode_volume(pipe.image.autoencoder, z_0 / pipe.image.scale, pipe.decode_patch)
-        return images.float().clamp(0, 1)[:, 0].cpu().numpy(), None
+        return unit_range(images)[:, 0].cpu().numpy(), None
     assert pipe.label is not None
     # 1. label: sample a label latent, decode to class logits, take the argmax (unless labels are given)
     if labels is None:
@@ -195,7 +233,7 @@ def generate_batch(
     # 3. image: sample the image latent under ControlNet conditioning and decode
     z_image = _sample_latent(pipe.image, seeds, 1, sampler, steps, pipe.controlnet, cond)
     images = decode_volume(pipe.image.autoencoder, z_image / pipe.image.scale, pipe.decode_patch)
-    return images.float().clamp(0, 1)[:, 0].cpu().numpy(), labels.cpu().numpy().astype(np.uint8)
+    return unit_range(images)[:, 0].cpu().numpy(), labels.cpu().numpy().astype(np.uint8)
 
 
 def read_label_folder(folder: Path, pipe: Pipeline) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -246,9 +284,16 @@ def generate(
     config_file = run_root / "config.yaml"
     cfg = load_config(str(config_file)) if config_file.is_file() else None
     sampler = sampler or (cfg.sample.sampler if cfg else "ddim")
-    steps = steps or (cfg.sample.steps if cfg else 50)
+    if sampler not in SAMPLERS:
+        raise InputError("--sampler", f"expected one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if sampler != "ddpm":  # ddpm: every training timestep unless --steps says otherwise (then refused)
+        steps = steps or (cfg.sample.steps if cfg else 50)
     batch_size = batch_size or (cfg.sample.batch_size if cfg else 4)
     pipe = load_pipeline(run_root, model, controlnet_folder)
+    # refuse a step count before anything is written
+    steps_run = sampler_steps(pipe.image.scheduler, sampler, steps)
+    if pipe.label is not None:
+        sampler_steps(pipe.label.scheduler, sampler, steps)
     pipe.decode_patch = cfg.sample.decode_patch if cfg else None
     affine = np.diag([*pipe.spacing, 1.0])
     given = read_label_folder(Path(labels_dir), pipe) if labels_dir is not None else None
@@ -286,7 +331,7 @@ def generate(
                 {
                     "model": model,
                     "sampler": sampler,
-                    "steps": steps,
+                    "steps": steps_run,
                     "seed": seed,
                     "run": str(run_root),
                     "controlnet": controlnet_folder if model == "duo" else None,
