@@ -60,24 +60,67 @@ def _finish() -> list:
     return [EnsureTyped(keys=KEYS, dtype=torch.float32, track_meta=False)]
 
 
-def train_transforms(task: Task, patch_size: Sequence[int] | None = None):  # -> monai Compose
-    """Load, map labels to the task, (pad +) random patch crop, flips, small affine, intensity jitter."""
+def _foreground_crop_class():  # -> the transform class (MONAI imported only when a chain is built)
+    from monai.transforms import MapTransform, RandCropByLabelClassesd, Randomizable, RandSpatialCropd
+
+    class ForegroundOversampledCropd(Randomizable, MapTransform):
+        """A patch centred on foreground with probability ``prob`` (class drawn uniformly among the classes
+        the case holds, MONAI's RandCropByLabelClassesd), else a uniformly random patch (nnU-Net's scheme)."""
+
+        def __init__(self, patch: Sequence[int], prob: float, num_classes: int) -> None:
+            MapTransform.__init__(self, KEYS)
+            self.prob = prob
+            ratios = [0.0] + [1.0] * (num_classes - 1)  # never centre the "foreground" patch on background
+            self.foreground = RandCropByLabelClassesd(
+                keys=KEYS,
+                label_key="label",
+                spatial_size=list(patch),
+                ratios=ratios,
+                num_classes=num_classes,
+                num_samples=1,
+                warn=False,
+            )
+            self.uniform = RandSpatialCropd(keys=KEYS, roi_size=list(patch), random_size=False)
+            self._centre_on_foreground = False
+
+        def set_random_state(self, seed: int | None = None, state: Any = None) -> ForegroundOversampledCropd:
+            super().set_random_state(seed, state)
+            self.foreground.set_random_state(seed, state)
+            self.uniform.set_random_state(seed, state)
+            return self
+
+        def randomize(self, data: Any = None) -> None:
+            self._centre_on_foreground = bool(self.R.rand() < self.prob)
+
+        def __call__(self, data: Any) -> Any:
+            self.randomize()
+            if self._centre_on_foreground and bool((data["label"] > 0).any()):
+                return self.foreground(data)[0]
+            return self.uniform(data)
+
+    return ForegroundOversampledCropd
+
+
+def train_transforms(
+    task: Task, patch_size: Sequence[int] | None = None, foreground_oversample: float = 0.0
+):  # -> monai Compose
+    """Load, map labels to the task, (pad +) patch crop (``foreground_oversample`` of them centred on
+    foreground), flips, small affine, intensity jitter."""
     from monai.transforms import (
         Compose,
         RandAffined,
         RandFlipd,
         RandScaleIntensityd,
         RandShiftIntensityd,
-        RandSpatialCropd,
         SpatialPadd,
     )
 
+    from foscu.labels import labels_for_task
+
     chain = _load(task)
     if patch_size is not None:
-        chain += [
-            SpatialPadd(keys=KEYS, spatial_size=list(patch_size)),
-            RandSpatialCropd(keys=KEYS, roi_size=list(patch_size), random_size=False),
-        ]
+        crop = _foreground_crop_class()(patch_size, foreground_oversample, len(labels_for_task(task)))
+        chain += [SpatialPadd(keys=KEYS, spatial_size=list(patch_size)), crop]
     chain += [RandFlipd(keys=KEYS, prob=0.5, spatial_axis=axis) for axis in range(3)]
     chain += [
         RandAffined(

@@ -225,7 +225,7 @@ def train_segmenter(
     write_text_atomic(folder / "config.yaml", text)
 
     patch = list(seg.patch_size or prepared.roi)
-    train_set = SeededDataset(items, train_transforms(task, seg.patch_size))
+    train_set = SeededDataset(items, train_transforms(task, seg.patch_size, seg.foreground_oversample))
     result = fit(
         folder,
         {NET: net},
