@@ -82,6 +82,10 @@ def prepare(
     skip_invalid: Annotated[
         bool, typer.Option("--skip-invalid", help="record invalid cases in preparation.json and go on")
     ] = False,
+    label_map: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="SOURCE=TARGET: foreign label name/value -> FOSCU label (repeat)"),
+    ] = None,
 ) -> None:
     """Crop the lesion-centred ROI, scale to [0, 1], map labels, split by patient -> datalist.json."""
     from foscu.data.prepare import prepare_dataset
@@ -89,7 +93,17 @@ def prepare(
     try:
         if labels not in ("multiclass", "binary"):
             raise InputError("--labels", f"expected multiclass or binary, got {labels!r}")
-        record = prepare_dataset(raw, out, roi, center, split, seed, labels, skip_invalid)  # type: ignore[arg-type]
+        record = prepare_dataset(
+            raw,
+            out,
+            roi,
+            center,
+            split,
+            seed,
+            labels,
+            skip_invalid,
+            label_map=label_map,  # type: ignore[arg-type]
+        )
     except InputError as err:
         _fail(err)
     counts = record["counts"]
@@ -135,6 +149,36 @@ def convert(
         f"converted {len(record['series'])} series to {out}; {len(record['refused'])} refused, "
         f"{len(record['not_selected'])} not selected, {len(record['skipped_files'])} files skipped "
         "(see conversion.json)",
+        err=True,
+    )
+
+
+@app.command("import")
+def import_command(
+    fmt: Annotated[str, typer.Argument(metavar="FORMAT", help="msd | totalsegmentator | ircadb | chaos")],
+    source: Annotated[Path, typer.Argument(help="the data set folder, in its published layout")],
+    out: Annotated[Path, typer.Argument(help="output folder: nnU-Net v2 raw layout with FOSCU labels")],
+    label_map: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="SOURCE=TARGET: structure name/value -> FOSCU label (repeat)"),
+    ] = None,
+    classes: Annotated[
+        Path | None, typer.Option("--classes", help="class map JSON of a multi-label segmentation file")
+    ] = None,
+    sequence: Annotated[
+        str, typer.Option("--sequence", help="CHAOS: T2SPIR | T1DUAL/InPhase | T1DUAL/OutPhase")
+    ] = "T2SPIR",
+) -> None:
+    """A public liver set (MSD, TotalSegmentator, 3D-IRCADb, CHAOS) -> raw set with FOSCU's label map."""
+    from foscu.data.label_import import import_labels
+
+    try:
+        record = import_labels(fmt, source, out, label_map, classes, sequence)
+    except InputError as err:
+        _fail(err)
+    typer.echo(
+        f"imported {len(record['cases'])} cases to {out}: {record['mapping']}; "
+        f"background: {record['unmapped_to_background']} (see import.json)",
         err=True,
     )
 

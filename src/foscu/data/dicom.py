@@ -332,6 +332,27 @@ def read_series_volume(geometry: Geometry, series: Series) -> np.ndarray:
     return volume
 
 
+def read_dicom_folder(folder: Path) -> tuple[np.ndarray, Geometry]:
+    """All DICOM images in ``folder`` as ONE volume, whatever their UIDs (public sets' image/mask folders).
+
+    Returns the (columns, rows, slices) volume and its geometry. Raises InputError naming the folder.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, "DICOM folder not found")
+    series, _ = scan_dicom_tree(folder)
+    if not series:
+        raise InputError(folder, "no DICOM images in the folder")
+    merged = Series(next(iter(series)), folder)
+    for s in series.values():
+        merged.headers.extend(s.headers)
+    try:
+        geometry = series_geometry(merged)
+        return read_series_volume(geometry, merged), geometry
+    except SeriesRefused as err:
+        raise InputError(folder, str(err).split(": ", 1)[-1]) from None
+
+
 def _identifiers(series: dict[str, Series]) -> set[str]:
     """Patient names (and their parts) and IDs seen in the headers: never to appear in conversion.json."""
     found: set[str] = set()

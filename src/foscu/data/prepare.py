@@ -131,15 +131,26 @@ def minmax(image: np.ndarray) -> tuple[np.ndarray, str | None]:
 
 
 def label_lookup(
-    raw_labels: dict[str, int], source: Path, mapping: Literal["multiclass", "binary"]
+    raw_labels: dict[str, int],
+    source: Path,
+    mapping: Literal["multiclass", "binary"],
+    rename: dict[str, str] | None = None,
 ) -> np.ndarray:
-    """A lookup table raw label value -> FOSCU label value, matched by name (dataset.json)."""
-    unknown = sorted(set(raw_labels) - set(LABELS))
-    if unknown:
-        raise InputError(source, f"labels {unknown} are not in FOSCU's label map {sorted(LABELS)}")
-    size = max(raw_labels.values()) + 1
+    """A lookup table raw label value -> FOSCU label value, matched by name (dataset.json).
+
+    ``rename`` (from ``--map`` rules) maps foreign names onto FOSCU names; with it, unnamed labels become
+    background instead of being refused.
+    """
+    if rename is not None:
+        named = {value: rename.get(name, "background") for name, value in raw_labels.items()}
+    else:
+        unknown = sorted(set(raw_labels) - set(LABELS))
+        if unknown:
+            raise InputError(source, f"labels {unknown} are not in FOSCU's label map {sorted(LABELS)}")
+        named = {value: name for name, value in raw_labels.items()}
+    size = max(named) + 1
     table = np.full(size, -1, dtype=np.int16)
-    for name, value in raw_labels.items():
+    for value, name in named.items():
         table[value] = LABELS[name] if mapping == "multiclass" else int(LABELS[name] != 0)
     return table
 
@@ -213,22 +224,30 @@ def prepare_dataset(
     labels: Literal["multiclass", "binary"] = "multiclass",
     skip_invalid: bool = False,
     progress: bool = True,
+    label_map: list[str] | None = None,
 ) -> dict:
     """Prepare a raw nnU-Net set into ``out`` (written whole or not at all); returns preparation.json.
 
     Args:
         center: "tumor" (lesion centroid, liver where tumor-free), "liver", or a CSV path of voxel centres.
+        labels: "multiclass" (FOSCU's five classes) or "binary" (all foreground -> liver).
         skip_invalid: record invalid cases in preparation.json instead of stopping at the first.
+        label_map: ``SOURCE=TARGET`` rules (``--map``) for a raw set with foreign label names or values;
+            unnamed labels become background (``foscu.data.label_import.resolve_rules``).
     """
+    from foscu.data.label_import import resolve_rules
     from foscu.engine.tracking import progress_bar
 
     raw, out = Path(raw), Path(out)
+    if labels not in ("multiclass", "binary"):
+        raise InputError("labels", f"expected 'multiclass' or 'binary', got {labels!r}")
     if min(roi) < 1:
         raise InputError("--roi", f"every axis must be >= 1, got {roi}")
     meta = read_dataset_json(raw)
     raw_labels = {str(k): int(v) for k, v in meta["labels"].items()}
-    table = label_lookup(raw_labels, raw / "dataset.json", labels)
-    multiclass_table = label_lookup(raw_labels, raw / "dataset.json", "multiclass")
+    rename = resolve_rules(raw_labels, label_map) if label_map else None
+    table = label_lookup(raw_labels, raw / "dataset.json", labels, rename)
+    multiclass_table = label_lookup(raw_labels, raw / "dataset.json", "multiclass", rename)
     if center == "liver":
         multiclass_table = np.where(multiclass_table > 0, LIVER, 0).astype(np.int16)
     centers = None if center in ("tumor", "liver") else read_centers_csv(Path(center))
@@ -264,6 +283,12 @@ def prepare_dataset(
             "seed": seed,
             "labels": labels,
         }
+        if rename is not None:
+            settings["label_map"] = {
+                "rules": list(label_map or []),
+                "mapping": rename,
+                "unmapped_to_background": sorted(set(raw_labels) - set(rename)),
+            }
         label_map = dict(LABELS) if labels == "multiclass" else dict(LIVER_ONLY_LABELS)
         write_dataset_json(
             tmp,
@@ -275,6 +300,7 @@ def prepare_dataset(
         write_json_atomic(tmp / "datalist.json", datalist)
         record = {
             "settings": settings,
+            "label_import": meta.get("foscu_import"),
             "cases": records,
             "skipped": skipped,
             "counts": {k: len(v) for k, v in splits.items()},
