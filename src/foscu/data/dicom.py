@@ -403,11 +403,11 @@ def convert_dicom(
         raise InputError(root, "folder is empty (no files)")
     series, skipped = scan_dicom_tree(root)
     if not series:
-        reasons: dict[str, int] = {}
+        per_reason: dict[str, int] = {}
         for item in skipped:
             reason = item["reason"].split(" (")[0]
-            reasons[reason] = reasons.get(reason, 0) + 1
-        why = ", ".join(f"{n} {reason}" for reason, n in reasons.items())
+            per_reason[reason] = per_reason.get(reason, 0) + 1
+        why = ", ".join(f"{n} {reason}" for reason, n in per_reason.items())
         raise InputError(root, f"no DICOM image series found ({len(skipped)} file(s) skipped: {why})")
     case_ids = anonymous_case_ids(series)
     identifiers = _identifiers(series)

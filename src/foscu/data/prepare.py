@@ -289,12 +289,12 @@ def prepare_dataset(
                 "mapping": rename,
                 "unmapped_to_background": sorted(set(raw_labels) - set(rename)),
             }
-        label_map = dict(LABELS) if labels == "multiclass" else dict(LIVER_ONLY_LABELS)
+        foscu_labels = dict(LABELS) if labels == "multiclass" else dict(LIVER_ONLY_LABELS)
         write_dataset_json(
             tmp,
             name=f"{meta.get('name', raw.name)} (prepared)",
             num_training=len(records),
-            labels=label_map,
+            labels=foscu_labels,
             foscu_prepare=settings,
         )
         write_json_atomic(tmp / "datalist.json", datalist)
