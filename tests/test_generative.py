@@ -478,3 +478,41 @@ def test_init_from_unet_copies_the_shared_encoder_and_keeps_the_zero_convolution
         k for k in after if k.startswith("controlnet_down_blocks") or k.startswith("controlnet_mid_block")
     ]
     assert zero and all(float(after[k].abs().max()) == 0 for k in zero)
+
+
+def test_label_latent_cache_one_hot_encodes_one_batch_at_a_time(tmp_path, monkeypatch):
+    # the whole training split one-hot at once is ~50 GB at 504 cases x 160x160x64 (int64 then float32)
+    from foscu.config import AutoencoderStage
+    from foscu.data import loaders
+    from foscu.data.loaders import SplitVolumes
+    from foscu.generative import autoencoders, latents
+
+    cfg = {"channels": [4, 4], "num_res_blocks": 1, "latent_channels": 2, "attention_levels": [False, False]}
+    cfg |= {"norm_num_groups": 2, "with_encoder_nonlocal_attn": False, "with_decoder_nonlocal_attn": False}
+    torch.manual_seed(0)
+    vae = autoencoders.build_autoencoder(AutoencoderStage(autoencoder=cfg), 5)["autoencoder"].eval()
+    labels = torch.randint(0, 5, (5, 8, 8, 4), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    with torch.no_grad():
+        expected = autoencoders.encode(vae, loaders.one_hot(labels, 5))[0]
+
+    sizes: list[int] = []
+    real_one_hot = loaders.one_hot
+
+    def recording(x: torch.Tensor, num_classes: int) -> torch.Tensor:
+        sizes.append(len(x))
+        return real_one_hot(x, num_classes)
+
+    def no_int64(*args, **kwargs):
+        raise AssertionError("F.one_hot builds an int64 copy")
+
+    monkeypatch.setattr(latents, "one_hot", recording)
+    monkeypatch.setattr(torch.nn.functional, "one_hot", no_int64)
+    encoder = tmp_path / "vae.safetensors"
+    encoder.write_bytes(b"weights")
+    volumes = SplitVolumes([f"c{i}" for i in range(5)], torch.zeros((5, 1, 8, 8, 4)), labels)
+    path = tmp_path / "label.safetensors"
+    latents.build_cache(path, vae, encoder, {"training": volumes}, "label", 5, torch.device("cpu"), 0)
+    assert sizes and max(sizes) <= 2 and sum(sizes) == 5  # per batch of 2
+    cache, meta = latents.read_cache(path)
+    torch.testing.assert_close(cache["training"]["mean"], expected)
+    assert meta["case_ids"]["training"] == [f"c{i}" for i in range(5)]

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from foscu.data.nifti import read_nifti
@@ -45,8 +44,12 @@ def load_split(prepared: PreparedSet, split: str) -> SplitVolumes:
 
 
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(N, X, Y, Z) integer labels -> (N, C, X, Y, Z) float one-hot."""
-    return F.one_hot(labels.long(), num_classes).movedim(-1, 1).float()
+    """(N, X, Y, Z) integer labels -> (N, C, X, Y, Z) float one-hot, through a bool mask (F.one_hot would
+    first build an int64 tensor twice the size of the float32 result)."""
+    if labels.numel() and int(labels.max()) >= num_classes:
+        raise ValueError(f"label value {int(labels.max())} >= {num_classes} classes")
+    classes = torch.arange(num_classes, device=labels.device).to(labels.dtype)
+    return (labels[:, None] == classes.view(1, -1, *[1] * (labels.dim() - 1))).float()
 
 
 class VolumeSet(Dataset):

@@ -43,19 +43,28 @@ def scale_factor(z: torch.Tensor, source: str | Path) -> float:
 
 
 @torch.no_grad()
-def encode_volumes(autoencoder: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device):
-    """(N, C, X, Y, Z) -> latent mean and sigma (N, c, x, y, z) on the CPU."""
+def encode_volumes(
+    autoencoder: nn.Module,
+    x: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    num_classes: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, C, X, Y, Z) volumes -> latent mean and sigma (N, c, x, y, z) on the CPU.
+
+    With ``num_classes``, ``x`` holds (N, X, Y, Z) integer labels, one-hot encoded one batch at a time: the
+    whole split at once would need N x classes x voxels floats (~33 GB for 504 cases at 160x160x64).
+    """
     means, sigmas = [], []
     autoencoder.eval().to(device)
     for start in range(0, len(x), batch_size):
-        z_mu, z_sigma = encode(autoencoder, x[start : start + batch_size].to(device))
+        batch = x[start : start + batch_size]
+        if num_classes is not None:
+            batch = one_hot(batch, num_classes)  # (B, C, X, Y, Z)
+        z_mu, z_sigma = encode(autoencoder, batch.to(device))
         means.append(z_mu.float().cpu())
         sigmas.append(z_sigma.float().cpu())
     return torch.cat(means), torch.cat(sigmas)
-
-
-def encoder_input(volumes: SplitVolumes, kind: str, num_classes: int) -> torch.Tensor:
-    return one_hot(volumes.labels, num_classes) if kind == "label" else volumes.images
 
 
 def build_cache(
@@ -71,7 +80,10 @@ def build_cache(
     """Encode every split and write the cache with its scale factor (from training latents only)."""
     tensors, case_ids = {}, {}
     for split, volumes in splits.items():
-        mean, sigma = encode_volumes(autoencoder, encoder_input(volumes, kind, num_classes), 2, device)
+        if kind == "label":
+            mean, sigma = encode_volumes(autoencoder, volumes.labels, 2, device, num_classes)
+        else:
+            mean, sigma = encode_volumes(autoencoder, volumes.images, 2, device)
         tensors[f"{split}.mean"], tensors[f"{split}.sigma"] = mean, sigma
         case_ids[split] = volumes.case_ids
     generator = torch.Generator().manual_seed(seed)

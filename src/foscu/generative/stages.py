@@ -208,21 +208,20 @@ def _autoencoder_recipe(
     def validate(eval_nets: dict[str, nn.Module]) -> dict[str, float]:
         if len(val) == 0:
             return {}
-        x = one_hot(val.labels, num_classes) if stage.data == "label" else val.images
-        recon = torch.cat(
-            [
-                autoencoders.decode(
-                    eval_nets["autoencoder"],
-                    autoencoders.encode(eval_nets["autoencoder"], x[i : i + 2].to(device))[0],
-                )
-                .float()
-                .cpu()
-                for i in range(0, len(x), 2)
-            ]
-        )
-        if stage.data == "label":
-            return {"val_dice": _mean_foreground_dice(recon.argmax(1), val.labels.long(), prepared.labels)}
-        return {"val_l1": float((recon - x).abs().mean())}
+        net, scores = eval_nets["autoencoder"], []
+        for i in range(0, len(val), 2):  # one batch at a time: a one-hot split would not fit at paper size
+            x = (
+                one_hot(val.labels[i : i + 2], num_classes)
+                if stage.data == "label"
+                else val.images[i : i + 2]
+            )
+            recon = autoencoders.decode(net, autoencoders.encode(net, x.to(device))[0]).float().cpu()
+            if stage.data == "label":
+                labels = val.labels[i : i + 2].long()
+                scores.append(_mean_foreground_dice(recon.argmax(1), labels, prepared.labels) * len(x))
+            else:
+                scores.append(float((recon - x).abs().mean()) * len(x))
+        return {"val_dice" if stage.data == "label" else "val_l1": sum(scores) / len(val)}
 
     info = {
         "channels": channels,
