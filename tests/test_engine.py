@@ -158,8 +158,12 @@ def test_weights_round_trip_with_metadata_and_mismatch_is_refused(tmp_path):
         load_weights(tmp_path / "w.safetensors", wrong)
 
 
-def test_early_stopping_keeps_the_best_weights(tmp_path):
-    scores = iter([0.5, 0.7, 0.6, 0.6, 0.6, 0.6])
+@pytest.mark.parametrize("cases, stop", [(12, 8), (24, 10)])
+def test_early_stopping_counts_epochs_and_keeps_the_best_weights(tmp_path, cases, stop):
+    # patience 1 epoch, best score at step 4, validation every 2 steps: 12 cases in batches of 4 are 3 steps
+    # an epoch (stop at the first validation >= step 7), 24 cases 6 steps (>= step 10) -- so a real +
+    # synthetic arm gets as many epochs without improvement as the real one, whatever val_every says
+    scores = iter([0.5, 0.7] + [0.6] * 30)
 
     def validate(nets):
         return {"val_dice": next(scores)}
@@ -168,16 +172,36 @@ def test_early_stopping_keeps_the_best_weights(tmp_path):
         tmp_path,
         build(),
         toy_loss,
-        ToySet(),
-        cfg(steps=30, val_every=2, patience=3),
+        ToySet(cases),
+        cfg(steps=60, val_every=2, patience=1),
         trainable=["net"],
         validate=validate,
         monitor="val_dice",
         mode="max",
         progress=False,
     )
-    assert result.stopped_early and result.steps == 10 and result.best == {"val_dice": 0.7}
+    assert result.stopped_early and result.steps == stop and result.best == {"val_dice": 0.7}
     assert read_weights(tmp_path / "model.safetensors")[1]["step"] == 4
+
+
+def test_train_step_is_the_step_fit_takes(tmp_path):
+    # benchmarks/run.py times TrainStep: the same step from the same weights gives fit's weights exactly
+    from torch.utils.data import default_collate
+
+    from foscu.engine.loop import TrainStep, _mix
+
+    fit(
+        tmp_path, build(), toy_loss, ToySet(), cfg(steps=3, ema_decay=None), trainable=["net"], progress=False
+    )
+    nets = build()
+    step = TrainStep(nets, toy_loss, cfg(), torch.device("cpu"), ["net"])
+    batches = StepBatches(12, 4, seed=0, rank=0, world=1, start=0, total=3)
+    for s, keys in enumerate(batches):
+        torch.manual_seed(_mix(0, s, 0, 7))
+        step(default_collate([ToySet()[k] for k in keys]), s)
+    trained = _weights(tmp_path / "model.safetensors")
+    for name, value in nets["net"].state_dict().items():
+        torch.testing.assert_close(value, trained[f"net.{name}"], rtol=0, atol=0)
 
 
 @pytest.mark.slow

@@ -188,7 +188,7 @@ ARCHS: tuple[Arch, ...] = ("unet", "resunet", "wideresunet", "dynunet", "vnet")
 
 
 class SegmentationConfig(Section):
-    """Paper II-C: five 3D U-Nets, Dice + (B)CE, AdamW lr 1e-4, early stopping patience 10."""
+    """Paper II-C: five 3D U-Nets, Dice + (B)CE, AdamW lr 1e-4, early stopping patience 10 (epochs)."""
 
     archs: list[Arch] = Field(default_factory=lambda: list(ARCHS))
     tasks: list[Literal["binary", "multiclass"]] = Field(default_factory=lambda: ["binary", "multiclass"])  # type: ignore[arg-type]

@@ -3,7 +3,8 @@
 A stage supplies its networks, a pure ``loss_fn(nets, batch) -> {"loss": ..., ...}``, a dataset and
 optionally a ``validate(nets) -> {name: value}``. The loop owns AdamW, autocast, gradient clipping, EMA,
 DDP, checkpoints (safetensors + weights_only state), exact resume, metrics.jsonl/TensorBoard, the progress
-bar and early stopping.
+bar and early stopping (``train.patience`` epochs without improvement of ``monitor``). ``TrainStep`` is the
+one optimiser step, which the benchmarks time too.
 
 Exact resume: the batch at step s is a pure function of (seed, s) — the epoch permutation is seeded by the
 epoch, and each item receives an ``item_seed`` for its augmentation — and the global RNG is reseeded at every
@@ -122,6 +123,84 @@ def _better(value: float, best: float | None, mode: str) -> bool:
     return value < best if mode == "min" else value > best
 
 
+class TrainStep:
+    """One optimiser step exactly as ``fit`` takes it: autocast forward, finite-loss check, (scaled) backward,
+    gradient clipping, AdamW, the adversary's step, EMA. Benchmarks time this same object."""
+
+    def __init__(
+        self,
+        nets: dict[str, nn.Module],
+        loss_fn: LossFn,
+        cfg: TrainConfig,
+        device: torch.device,
+        trainable: Sequence[str],
+        adversary: Sequence[str] = (),
+        train_nets: dict[str, nn.Module] | None = None,
+        ema: dict[str, nn.Module] | None = None,
+        name: str = "",
+    ) -> None:
+        self.nets, self.train_nets, self.loss_fn, self.cfg = nets, train_nets or nets, loss_fn, cfg
+        self.trainable, self.ema, self.name = list(trainable), ema or {}, name
+        self.params = [p for n in trainable for p in nets[n].parameters()]
+        # AdamW (paper: "the AdamW optimizer from PyTorch"), mixed precision on GPU only
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt_adv = (
+            torch.optim.AdamW(
+                [p for n in adversary for p in nets[n].parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay
+            )
+            if adversary
+            else None
+        )
+        self.device_type = device.type
+        self.use_amp = device.type == "cuda" and cfg.amp != "none"
+        self.amp_dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and cfg.amp == "fp16")
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.use_amp)
+
+    def __call__(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
+        """Take the step that makes ``step`` (0-based) done; returns the stage's losses."""
+        with self.autocast():
+            losses = self.loss_fn(self.train_nets, batch)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"{self.name}: loss became {loss.item()} at step {step + 1}; lower train.lr"
+            )
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.grad_clip:
+            self.scaler.unscale_(self.opt)
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.scaler.step(self.opt)
+        if self.opt_adv is not None and "adversary_loss" in losses:
+            self.opt_adv.zero_grad(set_to_none=True)
+            self.scaler.scale(losses["adversary_loss"]).backward()
+            self.scaler.step(self.opt_adv)
+        self.scaler.update()
+        for name, ema_net in self.ema.items():
+            _ema_update(ema_net, self.nets[name], self.cfg.ema_decay or 0.0)
+        return losses
+
+
+def train_loader(
+    train_set: Dataset, cfg: TrainConfig, seed: int, start: int, total: int
+) -> tuple[DataLoader, StepBatches]:
+    """The engine's DataLoader over steps ``start``..``total`` (CPU data, pinned on CUDA) and its sampler."""
+    dist = distributed.current()
+    n_cases = len(train_set)  # type: ignore[arg-type]  # every FOSCU dataset is sized
+    sampler = StepBatches(n_cases, cfg.batch_size, seed, dist.rank, dist.world_size, start, total)
+    loader = DataLoader(
+        train_set,
+        batch_sampler=sampler,
+        num_workers=cfg.num_workers,
+        pin_memory=dist.device.type == "cuda",
+        persistent_workers=False,
+    )
+    return loader, sampler
+
+
 def fit(
     folder: Path,
     nets: dict[str, nn.Module],
@@ -173,23 +252,12 @@ def fit(
         for name in (*trainable, *adversary):
             train_nets[name] = DDP(nets[name], device_ids=ids)
 
-    # 2. optimisers (AdamW, paper II-B/II-C), mixed precision on GPU only
-    opt = torch.optim.AdamW(
-        [p for n in trainable for p in nets[n].parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay
-    )
-    opt_adv = (
-        torch.optim.AdamW(
-            [p for n in adversary for p in nets[n].parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay
-        )
-        if adversary
-        else None
-    )
-    use_amp = device.type == "cuda" and cfg.amp != "none"
-    amp_dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and cfg.amp == "fp16")
+    # 2. the step: AdamW, autocast, clipping, adversary, EMA
+    take_step = TrainStep(nets, loss_fn, cfg, device, trainable, adversary, train_nets, ema, folder.name)
+    opt, opt_adv, scaler = take_step.opt, take_step.opt_adv, take_step.scaler
 
     # 3. resume: weights, EMA, optimisers, step, best score
-    step, best, bad_validations, last_val = 0, None, 0, {}
+    step, best, best_step, last_val = 0, None, 0, {}
     if resume:
         state = load_state(folder / STATE)
         load_weights(folder / str(state["checkpoint"]), {**nets, **{f"ema_{n}": m for n, m in ema.items()}})
@@ -198,11 +266,8 @@ def fit(
             opt_adv.load_state_dict(state["adversary_optimizer"])
         if "scaler" in state and scaler.is_enabled():
             scaler.load_state_dict(state["scaler"])
-        step, best, bad_validations = (
-            int(state["step"]),
-            state.get("best"),
-            int(state.get("bad_validations", 0)),
-        )
+        step, best = int(state["step"]), state.get("best")
+        best_step = int(state.get("best_step", step))
         if state.get("seed") != seed:
             raise InputError(folder / STATE, f"was trained with seed {state.get('seed')}, not {seed}")
     log = MetricsLog(folder, resume_step=step, enabled=dist.is_main)
@@ -220,7 +285,7 @@ def fit(
                 "step": step,
                 "seed": seed,
                 "best": best,
-                "bad_validations": bad_validations,
+                "best_step": best_step,
                 "checkpoint": weights,
                 "optimizer": opt.state_dict(),
             }
@@ -240,7 +305,7 @@ def fit(
         eval_nets = {**{n: plain(m) for n, m in nets.items()}, **deliverable()}
         for net in eval_nets.values():
             net.eval()
-        with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+        with torch.no_grad(), take_step.autocast():
             values = validate(eval_nets)
         for name in (*trainable, *adversary):
             nets[name].train()
@@ -248,14 +313,10 @@ def fit(
 
     n_cases = len(train_set)  # type: ignore[arg-type]  # every FOSCU dataset is sized
     total = total_steps(n_cases, cfg, dist.world_size)
-    sampler = StepBatches(n_cases, cfg.batch_size, seed, dist.rank, dist.world_size, step, total)
-    loader = DataLoader(
-        train_set,
-        batch_sampler=sampler,
-        num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-    )
+    loader, sampler = train_loader(train_set, cfg, seed, step, total)
+    # early stopping counts epochs (passes over the training split, paper II-C), not validations, so a
+    # larger training set (real + synthetic) gets as many epochs without improvement as the real one
+    patience_steps = None if cfg.patience is None else cfg.patience * sampler.per_epoch
     running: dict[str, float] = {}
     stopped_early = False
     step_start, t0 = step, time.perf_counter()
@@ -264,29 +325,8 @@ def fit(
         for batch in loader:
             # 4. one step: the RNG is a function of (seed, step, rank), so resume is exact
             torch.manual_seed(_mix(seed, step, dist.rank, 7))
-            batch = _to(batch, device)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                losses = loss_fn(train_nets, batch)
+            losses = take_step(_to(batch, device), step)
             loss = losses["loss"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"{folder.name}: loss became {loss.item()} at step {step + 1}; lower train.lr"
-                )
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(
-                    [p for n in trainable for p in nets[n].parameters()], cfg.grad_clip
-                )
-            scaler.step(opt)
-            if opt_adv is not None and "adversary_loss" in losses:
-                opt_adv.zero_grad(set_to_none=True)
-                scaler.scale(losses["adversary_loss"]).backward()
-                scaler.step(opt_adv)
-            scaler.update()
-            for name, ema_net in ema.items():
-                _ema_update(ema_net, nets[name], cfg.ema_decay or 0.0)
             step += 1
             for key, value in losses.items():
                 running[key] = running.get(key, 0.0) + float(value.detach())
@@ -308,17 +348,15 @@ def fit(
                     if monitor not in last_val:
                         raise KeyError(f"validate() returned no {monitor!r}")
                     if _better(last_val[monitor], best, mode):
-                        best, bad_validations = last_val[monitor], 0
+                        best, best_step = last_val[monitor], step
                         if dist.is_main:
                             save_weights(
                                 folder / MODEL,
                                 deliverable(),
                                 {**(metadata or {}), "step": step, monitor: best},
                             )
-                    else:
-                        bad_validations += 1
-                        if cfg.patience is not None and bad_validations >= cfg.patience:
-                            stopped_early = True
+                    elif patience_steps is not None and step - best_step >= patience_steps:
+                        stopped_early = True
             if step % cfg.checkpoint_every == 0 or last_step or stopped_early:
                 checkpoint()
             if stopped_early:

@@ -1,7 +1,7 @@
 """``foscu seg train``: one 3D U-Net on real (or real + synthetic) data through THE training engine.
 
 Paper II-C / III-B: Dice + binary cross-entropy (liver-only) or Dice + categorical cross-entropy
-(multi-class), AdamW lr 1e-4, early stopping with patience 10 on validation Dice, best weights kept.
+(multi-class), AdamW lr 1e-4, early stopping with patience 10 epochs on validation Dice, best weights kept.
 Patches are drawn at random for training; validation runs sliding windows over whole validation volumes
 and scores them with the same Dice convention as ``foscu evaluate seg`` (nnU-Net's).
 """
