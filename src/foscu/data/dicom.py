@@ -6,73 +6,31 @@ checked first: slices ordered by ImagePositionPatient projected on the slice nor
 or InstanceNumber), one orientation and one matrix size, even steps with no gap, positions along the
 normal. A series that fails is refused with its reason in ``conversion.json``; the others still convert.
 
-Compressed transfer syntaxes decode through pydicom's plugins (pylibjpeg, pyjpegls); enhanced multi-frame
-files become one slice per frame (``dicom_frames``). Files whose SeriesInstanceUID was blanked by a
-de-identification tool are grouped the way dcm2niix does: by series number, description, acquisition,
-orientation, matrix size and pixel spacing.
+Files are read and grouped into series, and case ids and messages anonymised, in ``dicom_files``;
+compressed transfer syntaxes decode through pydicom's plugins (pylibjpeg, pyjpegls) and enhanced
+multi-frame files become one slice per frame in ``dicom_frames``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from foscu.data.dicom_files import Series, anonymous_case_ids, patient_identifiers, redact, scan_dicom_tree
 from foscu.data.dicom_frames import SeriesRefused, Slice, decode_pixels, fmt, frame_slices, what_differs
 from foscu.data.layout import image_path, write_dataset_json
 from foscu.data.nifti import write_nifti
 from foscu.errors import InputError
 from foscu.runs import atomic_folder, write_json_atomic
 
-CASE_PREFIX = "FOSCU"
 GAP_FACTOR = 1.5  # a step above 1.5x the median step means missing slice(s)
 ORIENTATION_TOL = 1e-4  # direction cosines that differ by more are "mixed orientations"
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-REDACTED = "<redacted>"
-NO_UID_PREFIX = "no-uid-"  # series keys made up for files whose SeriesInstanceUID is blank
 __all__ = ["SeriesRefused", "convert_dicom", "scan_dicom_tree", "series_geometry", "read_series_volume"]
-
-
-@dataclass
-class Series:
-    """The headers (read without pixels) of one series, in file-walk order.
-
-    ``uid`` is the SeriesInstanceUID, or ``no-uid-<hash of the grouping values>`` where it was blank.
-    """
-
-    uid: str
-    root: Path
-    headers: list[tuple[Path, Any]] = field(default_factory=list)  # (file, pydicom Dataset)
-
-    def name(self, path: Path) -> str:
-        """A file as messages name it: its path relative to the DICOM root."""
-        return str(path.relative_to(self.root))
-
-    @property
-    def description(self) -> str:
-        return str(self.headers[0][1].get("SeriesDescription", ""))
-
-    @property
-    def study_uid(self) -> str:
-        return str(self.headers[0][1].get("StudyInstanceUID", ""))
-
-    @property
-    def has_uid(self) -> bool:
-        return not self.uid.startswith(NO_UID_PREFIX)
-
-    @property
-    def label(self) -> str:
-        return f"series {self.uid} ({self.description!r})"
-
-    def where(self, piece: Slice) -> str:
-        """A slice as messages name it: its file, and its frame for a multi-frame file."""
-        name = self.name(piece.path)
-        return name if piece.frame is None else f"{name} frame {piece.frame}"
 
 
 @dataclass
@@ -84,85 +42,6 @@ class Geometry:
     spacing: tuple[float, float, float]
     shape: tuple[int, int, int]
     warnings: list[str]
-
-
-def _read_header(path: Path) -> tuple[Any, str | None]:
-    """(dataset, None) for a DICOM file, (None, reason) otherwise; files without the preamble are read too."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        return pydicom.dcmread(path, stop_before_pixels=True), None
-    except InvalidDicomError:
-        pass
-    except Exception as err:  # truncated or corrupt headers raise many types
-        return None, f"unreadable DICOM ({type(err).__name__}: {err})"
-    try:  # old archives and some exporters write no 128-byte preamble / "DICM" prefix
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pydicom warns while guessing the VR of a non-DICOM file
-            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    except Exception:
-        return None, "not a DICOM file"
-    if "SOPClassUID" in ds and "Modality" in ds:
-        return ds, None
-    return None, "not a DICOM file"
-
-
-def _no_uid_key(ds: Any) -> str:
-    """A series key for a file without SeriesInstanceUID, from what dcm2niix groups by.
-
-    Series number, description, acquisition number, orientation (to 1e-3), matrix size and pixel spacing:
-    no file name and no patient identifier, so the key (and the case id) is stable and anonymous.
-    """
-    orientation = [round(float(v), 3) + 0.0 for v in ds.get("ImageOrientationPatient") or []]
-    spacing = [round(float(v), 4) for v in ds.get("PixelSpacing") or []]
-    values = [
-        ds.get("StudyInstanceUID", ""),
-        ds.get("SeriesNumber", ""),
-        ds.get("SeriesDescription", ""),
-        ds.get("AcquisitionNumber", ""),
-        orientation,
-        ds.get("Rows", ""),
-        ds.get("Columns", ""),
-        spacing,
-    ]
-    digest = hashlib.sha256(repr([str(v) for v in values]).encode()).hexdigest()
-    return NO_UID_PREFIX + digest[:16]
-
-
-def scan_dicom_tree(root: Path) -> tuple[dict[str, Series], list[dict[str, str]]]:
-    """Read every file's header (no pixels) under ``root``; group by SeriesInstanceUID.
-
-    Files with a blank SeriesInstanceUID are grouped by :func:`_no_uid_key`. Returns the series and the
-    skipped files, each ``{"file": relative path, "reason": ...}``; a DICOM file is never called "not DICOM".
-    """
-    series: dict[str, Series] = {}
-    skipped: list[dict[str, str]] = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = str(path.relative_to(root))
-        ds, reason = _read_header(path)
-        if ds is None:
-            skipped.append({"file": rel, "reason": str(reason)})
-            continue
-        if "DirectoryRecordSequence" in ds:
-            skipped.append({"file": rel, "reason": "DICOMDIR (an index of the other files, no image)"})
-            continue
-        if "Rows" not in ds or "Columns" not in ds:
-            sop_class = getattr(ds.get("SOPClassUID"), "name", "unknown SOP class")
-            skipped.append({"file": rel, "reason": f"DICOM without an image ({sop_class})"})
-            continue
-        uid = str(ds.get("SeriesInstanceUID", "") or "").strip() or _no_uid_key(ds)
-        series.setdefault(uid, Series(uid, root)).headers.append((path, ds))
-    return series, skipped
-
-
-def anonymous_case_ids(series: dict[str, Series]) -> dict[str, str]:
-    """FOSCU_0000, FOSCU_0001, ... in the order of sha256(StudyInstanceUID, SeriesInstanceUID).
-
-    Deterministic for a given set of series, independent of file names, and free of patient identifiers.
-    """
-    digest = {uid: hashlib.sha256(f"{s.study_uid}\0{uid}".encode()).hexdigest() for uid, s in series.items()}
-    return {uid: f"{CASE_PREFIX}_{n:04d}" for n, uid in enumerate(sorted(series, key=lambda u: digest[u]))}
 
 
 def _floats(piece: Slice, keyword: str, count: int, series: Series) -> np.ndarray:
@@ -353,31 +232,43 @@ def read_dicom_folder(folder: Path) -> tuple[np.ndarray, Geometry]:
         raise InputError(folder, str(err).split(": ", 1)[-1]) from None
 
 
-def _identifiers(series: dict[str, Series]) -> set[str]:
-    """Patient names (and their parts) and IDs seen in the headers: never to appear in conversion.json."""
-    found: set[str] = set()
-    for s in series.values():
-        for _, ds in s.headers:
-            name, pid = str(ds.get("PatientName", "")), str(ds.get("PatientID", ""))
-            found.update(x for x in [name, pid, *re.split(r"[\^\s=,]+", name)] if x.strip())
-    return found
+def _no_series_found(root: Path, skipped: list[dict[str, str]]) -> InputError:
+    """The error for a tree with files but no image series: how many files were skipped, per reason."""
+    per_reason: dict[str, int] = {}
+    for item in skipped:
+        reason = item["reason"].split(" (")[0]
+        per_reason[reason] = per_reason.get(reason, 0) + 1
+    why = ", ".join(f"{n} {reason}" for reason, n in per_reason.items())
+    return InputError(root, f"no DICOM image series found ({len(skipped)} file(s) skipped: {why})")
 
 
-def _redact(text: str, identifiers: set[str]) -> str:
-    """Replace each word or path part that is, or holds, a patient name or ID seen in the headers.
+def _convert_series(series: Series, case_id: str, out: Path, identifiers: set[str]) -> tuple[dict, bool]:
+    """Write one series as ``out``'s NIfTI for ``case_id``; (its conversion.json entry, whether it converted).
 
-    A part that merely contains an identifier of 1-2 characters, or a UID-like part (digits and dots)
-    that merely contains one, is kept: otherwise every UID would be redacted for a short PatientID.
+    A refused series writes nothing; its entry carries the file count and the (redacted) reason.
     """
-    lowered = [x.lower() for x in identifiers]
-
-    def private(part: str) -> bool:
-        low = part.lower()
-        uid_like = re.fullmatch(r"[\d.]+", part) is not None
-        return any(low == x or (len(x) >= 3 and x in low and not uid_like) for x in lowered)
-
-    parts = re.split(r"""([\s/\\()'",:;]+)""", text)
-    return "".join(REDACTED if part and private(part) else part for part in parts)
+    entry = {
+        "case_id": case_id,
+        "series_uid": series.uid if series.has_uid else None,
+        "study_uid": series.study_uid,
+        "description": redact(series.description, identifiers),
+    }
+    try:
+        geometry = series_geometry(series)
+        volume = read_series_volume(geometry, series)
+    except SeriesRefused as err:
+        return {**entry, "files": len(series.headers), "reason": redact(str(err), identifiers)}, False
+    output = image_path(out, case_id)
+    write_nifti(output, volume, geometry.affine)
+    converted = {
+        **entry,
+        "slices": geometry.shape[2],
+        "shape": list(geometry.shape),
+        "spacing": [round(v, 6) for v in geometry.spacing],
+        "output": str(output.relative_to(out)),
+        "warnings": [redact(w, identifiers) for w in geometry.warnings],
+    }
+    return converted, True
 
 
 def convert_dicom(
@@ -403,14 +294,9 @@ def convert_dicom(
         raise InputError(root, "folder is empty (no files)")
     series, skipped = scan_dicom_tree(root)
     if not series:
-        per_reason: dict[str, int] = {}
-        for item in skipped:
-            reason = item["reason"].split(" (")[0]
-            per_reason[reason] = per_reason.get(reason, 0) + 1
-        why = ", ".join(f"{n} {reason}" for reason, n in per_reason.items())
-        raise InputError(root, f"no DICOM image series found ({len(skipped)} file(s) skipped: {why})")
+        raise _no_series_found(root, skipped)
     case_ids = anonymous_case_ids(series)
-    identifiers = _identifiers(series)
+    identifiers = patient_identifiers(series)
     selected = [s for s in series.values() if pattern is None or pattern.search(s.description)]
     selected.sort(key=lambda s: case_ids[s.uid])
     selected_uids = {s.uid for s in selected}
@@ -418,39 +304,15 @@ def convert_dicom(
     refused: list[dict] = []
     with atomic_folder(out) as tmp, progress_bar("convert", total=len(selected), enabled=progress) as advance:
         for s in selected:
-            case_id = case_ids[s.uid]
-            entry = {
-                "case_id": case_id,
-                "series_uid": s.uid if s.has_uid else None,
-                "study_uid": s.study_uid,
-                "description": _redact(s.description, identifiers),
-            }
-            try:
-                geometry = series_geometry(s)
-                volume = read_series_volume(geometry, s)
-            except SeriesRefused as err:
-                refused.append({**entry, "files": len(s.headers), "reason": _redact(str(err), identifiers)})
-                advance()
-                continue
-            output = image_path(tmp, case_id)
-            write_nifti(output, volume, geometry.affine)
-            converted.append(
-                {
-                    **entry,
-                    "slices": geometry.shape[2],
-                    "shape": list(geometry.shape),
-                    "spacing": [round(v, 6) for v in geometry.spacing],
-                    "output": str(output.relative_to(tmp)),
-                    "warnings": [_redact(w, identifiers) for w in geometry.warnings],
-                }
-            )
+            entry, ok = _convert_series(s, case_ids[s.uid], tmp, identifiers)
+            (converted if ok else refused).append(entry)
             advance()
         if not converted:
             reasons = [r["reason"] for r in refused] or [f"no SeriesDescription matches {series_regex!r}"]
             more = f"; and {len(reasons) - 3} more" if len(reasons) > 3 else ""
             raise InputError(root, "no series converted: " + "; ".join(reasons[:3]) + more)
         record = {
-            "dicom_root": _redact(str(root.resolve()), identifiers),
+            "dicom_root": redact(str(root.resolve()), identifiers),
             "series_filter": series_regex,
             "series": converted,
             "refused": refused,
@@ -458,12 +320,12 @@ def convert_dicom(
                 {
                     "case_id": case_ids[uid],
                     "series_uid": uid if s.has_uid else None,
-                    "description": _redact(s.description, identifiers),
+                    "description": redact(s.description, identifiers),
                 }
                 for uid, s in sorted(series.items(), key=lambda item: case_ids[item[0]])
                 if uid not in selected_uids
             ],
-            "skipped_files": [{**f, "file": _redact(f["file"], identifiers)} for f in skipped],
+            "skipped_files": [{**f, "file": redact(f["file"], identifiers)} for f in skipped],
         }
         write_dataset_json(
             tmp,
