@@ -197,12 +197,11 @@ class Cache:
 
 def build_cache(b: Bench, kind: str) -> Cache:
     """The one-off encoding of the whole (benchmark) training set, timed: paid once per run, not per step."""
-    from foscu.data.loaders import one_hot
     from foscu.generative import latents
 
     vae = b.nets[f"{kind}_vae"]
-    x = b.images if kind == "image" else one_hot(b.labels, NUM_CLASSES)
-    seconds, _, (mean, sigma) = timed(lambda: latents.encode_volumes(vae, x, 2, b.device), b.device)
+    x, classes = (b.images, None) if kind == "image" else (b.labels, NUM_CLASSES)
+    seconds, _, (mean, sigma) = timed(lambda: latents.encode_volumes(vae, x, 2, b.device, classes), b.device)
     z = mean + sigma * torch.randn(mean.shape, generator=torch.Generator().manual_seed(2))
     scale = latents.scale_factor(z, f"benchmark {kind} VAE")
     return Cache(mean.to(b.device), sigma.to(b.device), scale, seconds)
@@ -216,8 +215,8 @@ def make_step(
     loss_fn: Callable,
     train: Any,
 ) -> Callable[[], float]:
-    """One optimiser step as engine/loop.py takes it (AdamW, autocast, clipping); ``batch_fn`` is the only
-    difference between ours and the reference."""
+    """The reference: one optimiser step written out as the MONAI tutorials write it (AdamW, autocast,
+    clipping), on the batch ``batch_fn`` makes."""
     params = list(nets[trainable].parameters())
     opt = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
 
@@ -235,35 +234,49 @@ def make_step(
     return step
 
 
-def batch_sources(
-    b: Bench,
-    cache: Cache,
-    batch_size: int,
-    extras: dict[str, torch.Tensor],
-    reencode: Callable[[list[int]], dict],
-) -> tuple[Callable[[], dict], Callable[[], dict]]:
-    """Ours: LatentSet items z = scale * (mean + sigma * eps) for the engine's batch indices. Reference: the
-    same indices' volumes through the frozen encoder (``reencode``), as the MONAI tutorials do every step."""
-    from torch.utils.data import default_collate
+def engine_step(
+    b: Bench, nets: dict[str, nn.Module], trainable: str, train_set: Any, loss_fn: Callable, train: Any
+) -> Callable[[], float]:
+    """Ours: what ``fit`` runs per step -- the next batch from the engine's DataLoader over the cached
+    latents (``train_loader``), moved to the device, through the engine's ``TrainStep`` (so a regression
+    in fit's step shows in the ratio)."""
+    from foscu.engine.loop import TrainStep, _to, train_loader
 
+    take_step = TrainStep(nets, loss_fn, train, b.device, [trainable], name="benchmark")
+    loader, _ = train_loader(train_set, train, seed=0, start=0, total=1 << 30)
+    batches = iter(loader)
+    counter = {"step": 0}
+
+    def step() -> float:
+        losses = take_step(_to(next(batches), b.device), counter["step"])
+        counter["step"] += 1
+        return float(losses["loss"].detach())
+
+    return step
+
+
+def latent_set(cache: Cache, extras: dict[str, torch.Tensor]) -> Any:
+    """The LatentSet ``foscu train`` builds (on the CPU: the engine moves each batch to the device)."""
     from foscu.data.loaders import LatentSet
+
+    cpu = {k: v.cpu() for k, v in extras.items()}
+    return LatentSet(cache.mean.cpu(), cache.sigma.cpu(), cache.scale, cpu)
+
+
+def reference_batches(batch_size: int, n: int, reencode: Callable[[list[int]], dict]) -> Callable[[], dict]:
+    """The reference's batches: the engine's batch indices, their volumes through the frozen encoder
+    (``reencode``), as the MONAI tutorials do every step."""
     from foscu.engine.loop import StepBatches
 
-    train_set = LatentSet(cache.mean, cache.sigma, cache.scale, extras)
-    batches = StepBatches(len(train_set), batch_size, seed=0, rank=0, world=1, start=0, total=1 << 30)
-    counters = {"ours": 0, "reference": 0}
-
-    def keys(side: str) -> list[tuple[int, int]]:
-        counters[side] += 1
-        return batches.batch(counters[side])
-
-    def ours() -> dict:
-        return default_collate([train_set[k] for k in keys("ours")])
+    batches = StepBatches(n, batch_size, seed=0, rank=0, world=1, start=0, total=1 << 30)
+    counter = {"step": 0}
 
     def reference() -> dict:
-        return reencode([i for i, _ in keys("reference")])
+        keys = batches.batch(counter["step"])
+        counter["step"] += 1
+        return reencode([i for i, _ in keys])
 
-    return ours, reference
+    return reference
 
 
 def bench_diffusion_train(b: Bench, warmup: int, repeats: int) -> dict[str, Any]:
@@ -280,13 +293,19 @@ def bench_diffusion_train(b: Bench, warmup: int, repeats: int) -> dict[str, Any]
     def reencode(index: list[int]) -> dict:
         return {"latent": vae.encode_stage_2_inputs(b.images[index]) * cache.scale}  # (B, c, x, y, z)
 
-    ours_batch, reference_batch = batch_sources(b, cache, section.train.batch_size, {}, reencode)
     scheduler = training_scheduler(section.scheduler, section.objective)
     loss_fn = partial(diffusion.denoising_loss, scheduler=scheduler, objective=section.objective)
-    steps = {}
-    for side, batch_fn in (("ours", ours_batch), ("reference", reference_batch)):
-        unet = copy.deepcopy(b.nets["image_unet"]).train().requires_grad_(True)
-        steps[side] = make_step(b, {"unet": unet}, "unet", batch_fn, loss_fn, section.train)
+    train, n = section.train, len(cache.mean)
+
+    def unet() -> dict[str, nn.Module]:
+        return {"unet": copy.deepcopy(b.nets["image_unet"]).train().requires_grad_(True)}
+
+    steps = {
+        "ours": engine_step(b, unet(), "unet", latent_set(cache, {}), loss_fn, train),
+        "reference": make_step(
+            b, unet(), "unet", reference_batches(train.batch_size, n, reencode), loss_fn, train
+        ),
+    }
     line = {
         "name": "diffusion_train_step",
         **compare(steps["ours"], steps["reference"], warmup, repeats, b.device),
@@ -297,8 +316,10 @@ def bench_diffusion_train(b: Bench, warmup: int, repeats: int) -> dict[str, Any]
         latent_shape=list(cache.mean.shape[1:]),
         cache_build_s=round(cache.seconds, 3),
         cache_cases=len(cache.mean),
-        note="image-ldm step; ours: cached latents (LatentSet), reference: encode_stage_2_inputs every batch "
-        "under no_grad; same UNet weights, batch indices, AdamW; cache_build_s is paid once per run",
+        note="image-ldm step; ours: the engine's step (engine.loop.TrainStep on batches of the engine's "
+        "DataLoader over cached latents), reference: the tutorial's hand-written step with "
+        "encode_stage_2_inputs every batch under no_grad; same UNet weights, batch indices, AdamW; "
+        "cache_build_s is paid once per run",
     )
     return line
 
@@ -331,7 +352,6 @@ def bench_controlnet_train(b: Bench, warmup: int, repeats: int) -> dict[str, Any
             batch["label_latent"] = label_vae.encode(one_hot(b.labels[index], NUM_CLASSES))[0] * label_scale
         return batch
 
-    ours_batch, reference_batch = batch_sources(b, cache, section.train.batch_size, extras, reencode)
     make_batch = partial(
         controlnet_batch,
         condition=condition,
@@ -347,12 +367,17 @@ def bench_controlnet_train(b: Bench, warmup: int, repeats: int) -> dict[str, Any
         )
 
     unet = copy.deepcopy(b.nets["image_unet"]).eval().requires_grad_(False)
-    steps = {}
-    for side, batch_fn in (("ours", ours_batch), ("reference", reference_batch)):
-        control = copy.deepcopy(b.nets["controlnet"]).train().requires_grad_(True)
-        steps[side] = make_step(
-            b, {"unet": unet, "controlnet": control}, "controlnet", batch_fn, loss_fn, section.train
-        )
+    train, n = section.train, len(cache.mean)
+
+    def nets() -> dict[str, nn.Module]:
+        return {"unet": unet, "controlnet": copy.deepcopy(b.nets["controlnet"]).train().requires_grad_(True)}
+
+    steps = {
+        "ours": engine_step(b, nets(), "controlnet", latent_set(cache, extras), loss_fn, train),
+        "reference": make_step(
+            b, nets(), "controlnet", reference_batches(train.batch_size, n, reencode), loss_fn, train
+        ),
+    }
     line = {
         "name": "controlnet_train_step",
         **compare(steps["ours"], steps["reference"], warmup, repeats, b.device),
@@ -362,8 +387,8 @@ def bench_controlnet_train(b: Bench, warmup: int, repeats: int) -> dict[str, Any
         shape=[*b.roi],
         condition=condition,
         class_weights=section.class_weights,
-        note="ControlNet step on the frozen image UNet; ours: cached latents, reference: re-encoding "
-        "every batch",
+        note="ControlNet step on the frozen image UNet; ours: the engine's TrainStep on the engine's "
+        "DataLoader over cached latents, reference: the tutorial's hand-written step re-encoding every batch",
     )
     return line
 

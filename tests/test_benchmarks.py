@@ -47,3 +47,37 @@ def test_quick_benchmarks_print_one_json_line_each() -> None:
     assert len(mads) == 3 and all(0 <= v <= 1 for v in mads), quality  # images are in [0, 1]
     agreement = [value for key, value in quality.items() if key.startswith("label_")]
     assert agreement and all(0 <= v <= 1 for v in agreement), quality
+
+
+@pytest.mark.slow
+def test_train_step_benchmarks_time_the_engines_own_step(monkeypatch) -> None:
+    # "ours" must be fit's step (engine.loop.TrainStep), so a regression in fit shows in the ratio
+    import importlib.util
+
+    import torch
+
+    from foscu.engine import loop
+
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_run", bench)  # its dataclasses look their module up
+    spec.loader.exec_module(bench)
+    calls = {"n": 0}
+    real_call = loop.TrainStep.__call__
+
+    def counted(self, batch, step):
+        calls["n"] += 1
+        return real_call(self, batch, step)
+
+    monkeypatch.setattr(loop.TrainStep, "__call__", counted)
+    cfg = bench.bench_config("tiny")
+    b = bench.build_bench(cfg, bench.PRESET_ROI["tiny"], 4, torch.device("cpu"))
+    for run, name in (
+        (bench.bench_diffusion_train, "diffusion"),
+        (bench.bench_controlnet_train, "controlnet"),
+    ):
+        calls["n"] = 0
+        line = run(b, 1, 2)
+        assert calls["n"] == 3, name  # warm-up + 2 timed steps of ours, none of the reference
+        assert line["ours_s"] > 0 and "TrainStep" in line["note"]
