@@ -63,6 +63,7 @@ def test_sampling_writes_pairs_in_nnunet_layout(tiny_run, tmp_path, sampler, ste
     for i in range(3):  # min-max scaled to [0, 1], as foscu prepare writes the real ROIs
         volume = _image(out, f"synth_000{i}")
         assert volume.min() == pytest.approx(0, abs=1e-6) and volume.max() == pytest.approx(1, abs=1e-6)
+        assert ((volume <= 1e-6) | (volume >= 1 - 1e-6)).sum() <= 4  # scaled, not clamped (no saturation)
     assert set(np.unique(label)) <= {0, 1, 2, 3, 4}
     assert np.allclose(
         nib.load(out / "labelsTr" / "synth_0000.nii.gz").affine[:3, :3].diagonal(), (7.5, 7.5, 12)
