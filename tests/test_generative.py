@@ -517,3 +517,25 @@ def test_label_latent_cache_one_hot_encodes_one_batch_at_a_time(tmp_path, monkey
     cache, meta = latents.read_cache(path)
     torch.testing.assert_close(cache["training"]["mean"], expected)
     assert meta["case_ids"]["training"] == [f"c{i}" for i in range(5)]
+
+
+def test_label_vae_dice_term_by_hand_and_refused_for_images():
+    import torch
+
+    from foscu.config import load_config
+    from foscu.generative.autoencoders import foreground_dice_loss, reconstruction_error
+
+    onehot = torch.zeros(1, 3, 4, 4, 4)
+    onehot[:, 0] = 1
+    onehot[:, 0, :2], onehot[:, 1, :2] = 0, 1  # half the volume class 1, class 2 absent
+    perfect = onehot * 20 - 10  # logits that softmax to the one-hot
+    assert float(foreground_dice_loss(perfect, onehot)) < 0.01  # absent and not predicted: no loss either
+    ce = reconstruction_error(perfect, onehot, "ce")
+    both = reconstruction_error(perfect, onehot, "ce", dice_weight=2.0)
+    assert float(both - ce) == pytest.approx(2 * float(foreground_dice_loss(perfect, onehot)), rel=1e-5)
+    wrong = torch.zeros_like(onehot)
+    wrong[:, 2] = 10  # everything predicted as class 2
+    assert float(foreground_dice_loss(wrong, onehot)) > 0.9
+    load_config("tiny", ["label_vae.dice_weight=1.0"])  # the label VAE takes it
+    with pytest.raises(Exception, match="dice_weight"):
+        load_config("tiny", ["image_vae.dice_weight=1.0"])

@@ -89,6 +89,10 @@ class AutoencoderStage(GenerativeStage):
     # train on random patches of this size (as MAISI trains its VAE); None: whole prepared volumes.
     # The networks are fully convolutional, so encoding and decoding still take whole volumes.
     patch_size: list[int] | None = None
+    # label VAE: + dice_weight x soft Dice over the foreground classes (MONAI DiceLoss, batch-pooled); the
+    # cross-entropy alone lets thin vessels vanish at 4x compression (measured: portal/hepatic vein Dice
+    # 0.00 -> 0.25/0.30 at 600 steps of the demo preset)
+    dice_weight: float = Field(0.0, ge=0)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @model_validator(mode="before")
@@ -116,6 +120,13 @@ class ImageAutoencoderStage(AutoencoderStage):
     """image-vae: as the label VAE, with an L1 or L2 image reconstruction term (paper II-B: KL weight 1e-7)."""
 
     reconstruction: Literal["l1", "l2"] = "l1"
+
+    @field_validator("dice_weight")
+    @classmethod
+    def _no_dice_on_images(cls, value: float) -> float:
+        if value:
+            raise ValueError("dice_weight applies to the label VAE only (images reconstruct with L1/L2)")
+        return value
 
 
 class VQVAEStage(GenerativeStage):

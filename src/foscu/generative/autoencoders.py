@@ -43,10 +43,21 @@ def kl_divergence(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
     return kl.flatten(1).sum(1).mean()
 
 
-def reconstruction_error(recon: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    """``ce`` for label logits vs one-hot, ``l1``/``l2`` for images."""
+def foreground_dice_loss(logits: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    """1 - soft Dice of the foreground classes, pooled over the batch (MONAI DiceLoss), averaged over classes."""
+    from monai.losses import DiceLoss
+
+    dice = DiceLoss(include_background=False, softmax=True, batch=True)
+    return dice(logits.float(), onehot.float())
+
+
+def reconstruction_error(
+    recon: torch.Tensor, target: torch.Tensor, kind: str, dice_weight: float = 0.0
+) -> torch.Tensor:
+    """``ce`` (+ ``dice_weight`` x foreground Dice loss) for label logits vs one-hot, ``l1``/``l2`` for images."""
     if kind == "ce":
-        return F.cross_entropy(recon.float(), target.argmax(1))
+        ce = F.cross_entropy(recon.float(), target.argmax(1))
+        return ce + dice_weight * foreground_dice_loss(recon, target) if dice_weight else ce
     if kind == "l2":
         return F.mse_loss(recon.float(), target.float())
     return F.l1_loss(recon.float(), target.float())
@@ -60,11 +71,12 @@ def autoencoder_loss(
     kind: str,
     kl_weight: float,
     adversarial_weight: float = 0.0,
+    dice_weight: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """Reconstruction + kl_weight * KL (+ least-squares patch-adversarial terms when weighted)."""
     x = batch[key]  # (B, C, X, Y, Z)
     recon, z_mu, z_sigma = nets["autoencoder"](x)
-    rec = reconstruction_error(recon, x, kind)
+    rec = reconstruction_error(recon, x, kind, dice_weight)
     kl = kl_divergence(z_mu.float(), z_sigma.float())
     out = {"reconstruction": rec, "kl": kl}
     loss = rec + kl_weight * kl

@@ -84,13 +84,18 @@ def read_stage_info(run: RunFolder, name: str) -> dict[str, Any]:
 
 def build_from_info(info: dict[str, Any]) -> dict[str, nn.Module]:
     """Rebuild a stage's networks from the info its config.yaml holds."""
-    from foscu.config import ControlNetStage, DiffusionStage, ImageAutoencoderStage, VQVAEStage
+    from foscu.config import (
+        AutoencoderStage,
+        ControlNetStage,
+        DiffusionStage,
+        ImageAutoencoderStage,
+        VQVAEStage,
+    )
 
     kind = info["kind"]
-    if kind == "autoencoder":
-        return autoencoders.build_autoencoder(
-            ImageAutoencoderStage.model_validate(info["section"]), info["channels"]
-        )
+    if kind == "autoencoder":  # one channel: the image VAE; one per class: the label VAE
+        section = ImageAutoencoderStage if info["channels"] == 1 else AutoencoderStage
+        return autoencoders.build_autoencoder(section.model_validate(info["section"]), info["channels"])
     if kind == "vqvae":
         return autoencoders.build_vqvae(VQVAEStage.model_validate(info["section"]))
     if kind == "diffusion":
@@ -201,6 +206,7 @@ def _autoencoder_recipe(
             kind=kind,
             kl_weight=section.kl_weight,
             adversarial_weight=section.adversarial_weight,
+            dice_weight=section.dice_weight,
         )
     latent_shape = _latent_shape(nets["autoencoder"], channels, prepared.roi)
     train, val = load_split(prepared, "training"), load_split(prepared, "validation")
