@@ -339,3 +339,82 @@ def test_real_features_computed_once_for_many_fake_sets(
         fid.fid_25d(computed, fakes[0], slice_stride=1)
     with pytest.raises(InputError, match="has shape"):
         fid.fid_25d(computed, [v[:, :, :8] for v in fakes[0]], slice_stride=2)
+
+
+def test_real_gaussian_matches_frechet_distance() -> None:
+    from foscu.evaluation.fid import _RealGaussian
+
+    rng = np.random.default_rng(3)
+    for n_real, n_fake, d in ((40, 30, 5), (6, 4, 20)):  # full rank, then fewer samples than dimensions
+        a = rng.normal(size=(n_real, d))
+        b = rng.normal(0.5, 2.0, size=(n_fake, d))
+        assert _RealGaussian(a).distance(b) == pytest.approx(frechet_distance(a, b), rel=1e-9)
+        assert _RealGaussian(a).distance(a) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_bootstrap_interval_over_synthetic_volumes(
+    tiny_volumes: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from foscu.evaluation import fid
+
+    seen: list[int] = []
+    original = fid.radiomics_features
+    monkeypatch.setattr(fid, "radiomics_features", lambda s: seen.append(len(s)) or original(s))
+    real = fid.set_features(tiny_volumes, slice_stride=2)
+    seen.clear()
+    same = fid_25d(real, tiny_volumes, slice_stride=2, bootstrap=200, bootstrap_seed=1)
+    per_set = sum(seen)
+    # 3 volumes: 6 of the 27 equally likely resamples are permutations of the real set, distance 0
+    assert same["mean_low"] == pytest.approx(0.0, abs=1e-8)
+    assert same["mean_low"] <= same["mean"] <= same["mean_high"] and same["mean_high"] > 0
+    assert same["bootstrap"]["resamples"] == 200 and same["bootstrap"]["seed"] == 1
+    assert per_set == sum(len(fid.plane_slices(v, p, 2)) for v in tiny_volumes for p in fid.PLANES)
+    blurred = [ndimage.gaussian_filter(v, 1.5) for v in tiny_volumes]
+    seen.clear()
+    different = fid_25d(real, blurred, slice_stride=2, bootstrap=200, bootstrap_seed=1)
+    assert sum(seen) == per_set  # resampling reuses the per-volume features: no feature is recomputed
+    assert different["mean_low"] > same["mean_high"]
+    assert different["mean_low"] <= different["mean"] <= different["mean_high"]
+    again = fid_25d(real, blurred, slice_stride=2, bootstrap=200, bootstrap_seed=1)
+    assert (again["mean_low"], again["mean_high"]) == (different["mean_low"], different["mean_high"])
+    other_seed = fid_25d(real, blurred, slice_stride=2, bootstrap=200, bootstrap_seed=2)
+    assert (other_seed["mean_low"], other_seed["mean_high"]) != (
+        different["mean_low"],
+        different["mean_high"],
+    )
+    assert "mean_low" not in fid_25d(real, blurred, slice_stride=2)  # bootstrap 0: no interval
+    with pytest.raises(InputError, match="bootstrap"):
+        fid_25d(real, blurred, slice_stride=2, bootstrap=-1)
+
+
+def test_one_bootstrap_resample_is_the_distance_of_the_drawn_volumes(tiny_volumes: list[np.ndarray]) -> None:
+    fake = [tiny_volumes[0], ndimage.gaussian_filter(tiny_volumes[1], 1.0), tiny_volumes[2] ** 2]
+    one = fid_25d(tiny_volumes, fake, slice_stride=2, bootstrap=1, bootstrap_seed=7)
+    drawn = np.random.default_rng(7).integers(0, 3, size=(1, 3))[0]
+    assert len(set(drawn.tolist())) < 3  # a real resample: some volume repeats (true for this seed)
+    by_hand = fid_25d(tiny_volumes, [fake[i] for i in drawn], slice_stride=2)["mean"]
+    assert one["mean_low"] == pytest.approx(by_hand, rel=1e-9)
+    assert one["mean_high"] == pytest.approx(by_hand, rel=1e-9)
+
+
+def test_paper_ordering_and_separation() -> None:
+    from foscu.evaluation.fid import paper_ordering
+
+    duo = {"mean": 1.0, "mean_low": 0.8, "mean_high": 1.2}
+    vae = {"mean": 2.0, "mean_low": 1.1, "mean_high": 2.5}
+    vq = {"mean": 4.0, "mean_low": 3.0, "mean_high": 5.0}
+    verdict = paper_ordering(duo, vae, vq)
+    assert verdict["holds"] is True
+    assert verdict["separated"] == {
+        "Duo-Diffusion < 3D-LDM w/ VAE": False,  # 1.2 > 1.1: the intervals overlap
+        "3D-LDM w/ VAE < 3D-LDM w/ VQ-VAE": True,  # 2.5 < 3.0
+    }
+    assert "holds" in verdict["text"] and "overlap" in verdict["text"]
+    swapped = paper_ordering(vq, vae, duo)
+    assert swapped["holds"] is False and "does not hold" in swapped["text"]
+    assert "the other way" in swapped["text"]
+    assert paper_ordering(*({"mean": m} for m in (1.0, 1.0, 2.0)))["separated"] == {
+        "Duo-Diffusion < 3D-LDM w/ VAE": None,
+        "3D-LDM w/ VAE < 3D-LDM w/ VQ-VAE": None,
+    }
+    assert paper_ordering(*({"mean": m} for m in (1.0, 2.0, 2.0)))["holds"] is False  # VAE < VQ-VAE strictly

@@ -218,6 +218,8 @@ class EvaluationConfig(Section):
     features: Literal["frd", "inception", "radimagenet"] = "frd"
     slice_stride: int = Field(1, ge=1)
     central_fraction: float = Field(1.0, gt=0, le=1)
+    # Table I: resamples of the synthetic volumes for a 95 % interval of the mean distance (0: none)
+    bootstrap: int = Field(200, ge=0)
 
 
 class FoscuConfig(Section):

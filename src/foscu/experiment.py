@@ -276,7 +276,7 @@ class Protocol:
         )
 
     def _table1(self) -> None:
-        from foscu.evaluation.fid import fid_25d, read_volumes, set_features
+        from foscu.evaluation.fid import fid_25d, paper_ordering, read_volumes, set_features
 
         e = self.cfg.evaluation
         # the real set's slice features once, for every row (on the run's device for a network)
@@ -294,7 +294,15 @@ class Protocol:
             if (self.run.root / "ablation" / c).is_dir()
         ]
         for method, folder in sets:
-            result = fid_25d(real, read_volumes(folder), e.features, e.slice_stride, e.central_fraction)
+            result = fid_25d(
+                real,
+                read_volumes(folder),
+                e.features,
+                e.slice_stride,
+                e.central_fraction,
+                bootstrap=e.bootstrap,
+                bootstrap_seed=self.cfg.seed,
+            )
             metric, note = result["metric"], result["note"]
             rows.append(
                 {
@@ -303,15 +311,26 @@ class Protocol:
                     "coronal": result["coronal"],
                     "sagittal": result["sagittal"],
                     "mean": result["mean"],
+                    "mean_low": result.get("mean_low"),
+                    "mean_high": result.get("mean_high"),
                     "n": result["n_fake"],
                 }
             )
+        interval = (
+            f" mean_low-mean_high: percentile bootstrap 95 % interval of the mean, {e.bootstrap} resamples "
+            "of each method's synthetic volumes (real set fixed)."
+            if e.bootstrap
+            else " No intervals (evaluation.bootstrap: 0)."
+        )
         write_json_atomic(
             self.ev / "table1.json",
             {
                 "rows": rows,
                 "metric": metric,
-                "note": f"{metric} per plane against the {real.n_volumes} real training images (lower is better). {note}",
+                "bootstrap": e.bootstrap,
+                "ordering": paper_ordering(rows[2], rows[1], rows[0]),
+                "note": f"{metric} per plane against the {real.n_volumes} real training images (lower is better)."
+                f"{interval} {note}",
             },
         )
 

@@ -263,7 +263,7 @@ def _load_net(
     return load_feature_net(features, weights, download, device=_resolve_device(device))
 
 
-def _features_of(
+def _volume_features(
     name: str,
     volumes: Sequence[np.ndarray],
     net: Any,
@@ -272,8 +272,8 @@ def _features_of(
     central_fraction: float,
     batch_size: int,
     progress: bool,
-) -> dict[str, np.ndarray]:
-    """plane -> (n_slices, d) features of every volume's slices (each volume scaled to [0, 1] first)."""
+) -> dict[str, list[np.ndarray]]:
+    """plane -> one (n_slices, d) array per volume (each volume scaled to [0, 1] first)."""
     from foscu.engine.tracking import progress_bar
 
     per_plane: dict[str, list[np.ndarray]] = {plane: [] for plane in PLANES}
@@ -284,7 +284,24 @@ def _features_of(
                 slices = plane_slices(unit, plane, slice_stride, central_fraction)
                 per_plane[plane].append(_slice_features(slices, net, batch_size))
             advance()
-    return {plane: np.concatenate(chunks) for plane, chunks in per_plane.items()}
+    return per_plane
+
+
+def _features_of(
+    name: str,
+    volumes: Sequence[np.ndarray],
+    net: Any,
+    features: str,
+    slice_stride: int,
+    central_fraction: float,
+    batch_size: int,
+    progress: bool,
+) -> dict[str, np.ndarray]:
+    """plane -> (n_slices, d) features of every volume's slices, the volumes one after another."""
+    per_volume = _volume_features(
+        name, volumes, net, features, slice_stride, central_fraction, batch_size, progress
+    )
+    return {plane: np.concatenate(chunks) for plane, chunks in per_volume.items()}
 
 
 def set_features(
@@ -322,6 +339,8 @@ def fid_25d(
     download: bool = False,
     progress: bool = False,
     device: str | torch.device | None = None,
+    bootstrap: int = 0,
+    bootstrap_seed: int = 0,
 ) -> dict:
     """2.5D Fréchet distance per plane (axial, coronal, sagittal) and their mean, real vs fake volumes.
 
@@ -332,8 +351,12 @@ def fid_25d(
         slice_stride, central_fraction: keep every k-th slice of the central fraction along each axis.
         weights: network weight file (default: the torch hub cache); ``download`` fetches inception's.
         device: where the feature network runs (default: the run's device, a GPU when there is one).
+        bootstrap: resamples of the fake volumes for a 95 % interval of the mean (0: none); see
+            :func:`bootstrap_interval`. ``bootstrap_seed`` draws them.
     """
     _check_settings(features, slice_stride, central_fraction, weights)
+    if bootstrap < 0:
+        raise InputError("bootstrap", f"must be >= 0 resamples, got {bootstrap}")
     if isinstance(real, SetFeatures):
         asked = (features, slice_stride, central_fraction)
         if (real.features, real.slice_stride, real.central_fraction) != asked:
@@ -355,25 +378,22 @@ def fid_25d(
         )
     if real_set.weights is not None and weights_path is not None and real_set.weights != weights_path:
         raise ValueError(f"real features come from {real_set.weights}, fake ones would from {weights_path}")
-    fake_planes = _features_of(
+    fake_volumes = _volume_features(
         "fake", fake, net, features, slice_stride, central_fraction, batch_size, progress
     )
     result: dict = {"features": features, "metric": "FRD" if features == "frd" else "FID"}
     counts = {}
     for plane in PLANES:
         real_features = real_set.per_plane[plane]
-        fake_features = fake_planes[plane]
+        fake_features = np.concatenate(fake_volumes[plane])
         counts[plane] = {"real": len(real_features), "fake": len(fake_features)}
         if min(len(real_features), len(fake_features)) < 2:
             raise InputError("--central-fraction", f"{plane}: fewer than 2 slices per set; keep more slices")
-        if features == "frd":  # standardise by the real set: every feature counts in units of its real spread
-            centre = real_features.mean(axis=0)
-            spread = real_features.std(axis=0)
-            spread[spread < 1e-12] = 1.0
-            real_features = (real_features - centre) / spread
-            fake_features = (fake_features - centre) / spread
-        result[plane] = frechet_distance(real_features, fake_features)
+        scale = _standardiser(real_features, features)
+        result[plane] = frechet_distance(scale(real_features), scale(fake_features))
     result["mean"] = float(np.mean([result[plane] for plane in PLANES]))
+    if bootstrap:
+        result.update(bootstrap_interval(real_set, fake_volumes, bootstrap, bootstrap_seed))
     result.update(
         n_real=real_set.n_volumes,
         n_fake=len(fake),
@@ -386,6 +406,77 @@ def fid_25d(
 
         result.update(weights=str(weights_path), weights_sha256=sha256(weights_path))
     return result
+
+
+def _standardiser(real_features: np.ndarray, features: str) -> Any:
+    """FRD: standardise by the real set, so every feature counts in units of its real spread; FID: as is."""
+    if features != "frd":
+        return lambda x: x
+    centre = real_features.mean(axis=0)
+    spread = real_features.std(axis=0)
+    spread[spread < 1e-12] = 1.0
+    return lambda x: (x - centre) / spread
+
+
+class _RealGaussian:
+    """The real set's mean, trace and covariance square root, computed once for many Fréchet distances.
+
+    tr((S_a^1/2 S_b S_a^1/2)^1/2) with S_b = x_b^T x_b is the sum of singular values of x_b S_a^1/2, so each
+    fake set costs one (n_b, d) x (d, d) product and one SVD; equal to :func:`frechet_distance` to rounding.
+    """
+
+    def __init__(self, real_features: np.ndarray) -> None:
+        a = np.asarray(real_features, dtype=np.float64)
+        self.mean = a.mean(axis=0)
+        x_a = (a - self.mean) / np.sqrt(len(a) - 1)  # S_a = x_a^T x_a
+        self.trace = float((x_a**2).sum())
+        eigval, eigvec = np.linalg.eigh(x_a.T @ x_a)
+        self.sqrt_cov = (eigvec * np.sqrt(np.clip(eigval, 0.0, None))) @ eigvec.T  # (d, d)
+
+    def distance(self, fake_features: np.ndarray) -> float:
+        b = np.asarray(fake_features, dtype=np.float64)
+        mean_diff = self.mean - b.mean(axis=0)
+        x_b = (b - b.mean(axis=0)) / np.sqrt(len(b) - 1)
+        cross = np.linalg.svd(x_b @ self.sqrt_cov, compute_uv=False).sum()
+        distance = mean_diff @ mean_diff + self.trace + (x_b**2).sum() - 2.0 * cross
+        return float(max(distance, 0.0))
+
+
+def bootstrap_interval(
+    real: SetFeatures, fake_volumes: dict[str, list[np.ndarray]], resamples: int, seed: int = 0
+) -> dict[str, Any]:
+    """Percentile bootstrap 95 % interval of the mean (over planes) Fréchet distance, over fake volumes.
+
+    Each resample draws as many fake volumes as there are, with replacement (a volume's slices stay
+    together), and recomputes the three plane distances against the fixed real set from features computed
+    once per volume and plane: no feature network runs again. The real set is not resampled.
+
+    Args:
+        real: the real set's features (the reference of every distance).
+        fake_volumes: plane -> one (n_slices, d) feature array per fake volume.
+        resamples: number of bootstrap resamples B (>= 1).
+        seed: draws the resamples (same seed, same interval).
+    """
+    n = len(fake_volumes[PLANES[0]])
+    draws = np.random.default_rng(seed).integers(0, n, size=(resamples, n))  # (B, n) volume indices
+    means = np.zeros(resamples)
+    for plane in PLANES:
+        scale = _standardiser(real.per_plane[plane], real.features)
+        reference = _RealGaussian(scale(real.per_plane[plane]))
+        volumes = [scale(v) for v in fake_volumes[plane]]
+        for b, picked in enumerate(draws):
+            means[b] += reference.distance(np.concatenate([volumes[i] for i in picked])) / len(PLANES)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {
+        "mean_low": float(low),
+        "mean_high": float(high),
+        "bootstrap": {
+            "resamples": resamples,
+            "seed": seed,
+            "method": "percentile bootstrap 95 % interval of the mean over planes; synthetic volumes "
+            "resampled with replacement, real set fixed",
+        },
+    }
 
 
 def _slice_features(slices: np.ndarray, net: Any, batch_size: int) -> np.ndarray:
@@ -462,3 +553,37 @@ def evaluate_fid(
     result = {"real": str(real_dir), "fake": str(fake_dir), **result}
     write_json_atomic(out, result)
     return result
+
+
+def paper_ordering(duo: dict, vae_ldm: dict, vqvae_ldm: dict) -> dict[str, Any]:
+    """Does Table I order the methods as the paper (Duo-Diffusion <= 3D-LDM w/ VAE < 3D-LDM w/ VQ-VAE)?
+
+    Args: the three Table I rows, each with ``mean`` and, when bootstrapped, ``mean_low``/``mean_high``.
+    Returns ``holds`` (the ordering of the means), ``separated`` (per neighbouring pair: the better one's
+    interval lies wholly below the other's; None without intervals) and a sentence saying both.
+    """
+    names = ("Duo-Diffusion", "3D-LDM w/ VAE", "3D-LDM w/ VQ-VAE")
+    holds = duo["mean"] <= vae_ldm["mean"] < vqvae_ldm["mean"]
+    text = (
+        f"The paper's ordering (Duo-Diffusion <= 3D-LDM w/ VAE < 3D-LDM w/ VQ-VAE) "
+        f"{'holds' if holds else 'does not hold'}: {duo['mean']:.3g}, {vae_ldm['mean']:.3g}, "
+        f"{vqvae_ldm['mean']:.3g}."
+    )
+    separated: dict[str, bool | None] = {}
+    for (better, worse), (better_row, worse_row) in zip(
+        ((names[0], names[1]), (names[1], names[2])), ((duo, vae_ldm), (vae_ldm, vqvae_ldm)), strict=True
+    ):
+        key = f"{better} < {worse}"
+        if better_row.get("mean_high") is None or worse_row.get("mean_low") is None:
+            separated[key] = None
+            continue
+        separated[key] = better_row["mean_high"] < worse_row["mean_low"]
+        if separated[key]:
+            text += f" The 95 % intervals separate {better} (lower) from {worse}."
+        elif worse_row["mean_high"] < better_row["mean_low"]:
+            text += f" The 95 % intervals separate them the other way: {worse} is lower than {better}."
+        else:
+            text += f" The 95 % intervals of {better} and {worse} overlap: not separated."
+    if all(v is None for v in separated.values()):
+        text += " No intervals (evaluation.bootstrap: 0): separation not judged."
+    return {"holds": holds, "separated": separated, "text": text}
