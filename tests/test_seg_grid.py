@@ -7,8 +7,9 @@ import pytest
 from foscu.config import load_config
 from foscu.data.layout import write_dataset_json
 from foscu.data.prepare import prepare_dataset, read_prepared
+from foscu.errors import InputError
 from foscu.labels import labels_for_task
-from foscu.segmentation.grid import run_table2, table2_markdown, table2_rows
+from foscu.segmentation.grid import run_table2, seed_list, table2_csv, table2_markdown, table2_rows
 
 
 def fake(dice, task="binary"):
@@ -38,8 +39,8 @@ def test_improvement_is_relative_as_the_papers_table2():
     results = {}
     for (arch, task), (real, mixed, _) in PAPER_TABLE2.items():
         if arch != "mean":
-            results[(arch, task, "real")] = fake(real, task)
-            results[(arch, task, "real+synthetic")] = fake(mixed, task)
+            results[(arch, task, "real")] = [fake(real, task)]
+            results[(arch, task, "real+synthetic")] = [fake(mixed, task)]
     rows = table2_rows(results, archs, ["binary", "multiclass"])
     by = {(r["arch"], r["task"]): r for r in rows if r["class"] == "mean"}
     for key, (real, mixed, printed) in PAPER_TABLE2.items():
@@ -59,10 +60,10 @@ def test_improvement_is_relative_as_the_papers_table2():
 
 def test_rows_overall_mean():
     results = {
-        ("unet", "binary", "real"): fake(0.9650),
-        ("unet", "binary", "real+synthetic"): fake(0.9662),
-        ("vnet", "binary", "real"): fake(0.9614),
-        ("vnet", "binary", "real+synthetic"): fake(0.9618),
+        ("unet", "binary", "real"): [fake(0.9650)],
+        ("unet", "binary", "real+synthetic"): [fake(0.9662)],
+        ("vnet", "binary", "real"): [fake(0.9614)],
+        ("vnet", "binary", "real+synthetic"): [fake(0.9618)],
     }
     rows = table2_rows(results, ["unet", "vnet"], ["binary"])
     by = {(r["arch"], r["class"]): r for r in rows}
@@ -72,7 +73,7 @@ def test_rows_overall_mean():
     assert len(rows) == 3 * 2  # (unet, vnet, mean) x (liver, mean)
     assert (
         table2_rows(
-            {("unet", "binary", "real"): fake(0.0), ("unet", "binary", "real+synthetic"): fake(0.5)},
+            {("unet", "binary", "real"): [fake(0.0)], ("unet", "binary", "real+synthetic"): [fake(0.5)]},
             ["unet"],
             ["binary"],
         )[0]["improvement_percent"]
@@ -126,3 +127,127 @@ def test_grid_writes_table2_on_tiny_data_and_skips_done_runs(tiny_phantom, tmp_p
     assert [
         path.stat().st_mtime_ns for path in done
     ] == stamps  # finished runs are neither retrained nor rescored
+
+
+T_975_2 = 4.3027  # Student t, 97.5th percentile, 2 degrees of freedom (any t table)
+
+
+def test_seeds_are_a_count_from_the_config_seed_or_a_list():
+    assert seed_list(load_config("tiny")) == [0]  # default: one seed, today's behaviour
+    assert seed_list(load_config("tiny", ["seed=5", "segmentation.seeds=3"])) == [5, 6, 7]
+    assert seed_list(load_config("tiny", ["segmentation.seeds=[4, 0, 9]"])) == [4, 0, 9]
+    for bad in ("0", "[]", "[1, 1]", "[-2]"):
+        with pytest.raises(InputError, match="segmentation.seeds"):
+            load_config("tiny", [f"segmentation.seeds={bad}"])
+
+
+def test_three_seeds_mean_t_interval_and_paired_improvement_by_hand():
+    real, mixed = [0.80, 0.84, 0.88], [0.82, 0.85, 0.91]
+    results = {
+        ("unet", "binary", "real"): [fake(v) for v in real],
+        ("unet", "binary", "real+synthetic"): [fake(v) for v in mixed],
+        ("vnet", "binary", "real"): [fake(v) for v in (0.70, 0.74, 0.72)],
+        ("vnet", "binary", "real+synthetic"): [fake(v) for v in (0.71, 0.75, 0.73)],
+    }
+    rows = table2_rows(results, ["unet", "vnet"], ["binary"])
+    row = next(r for r in rows if r["arch"] == "unet" and r["class"] == "liver")
+    assert row["real_per_seed"] == real and row["real+synthetic_per_seed"] == mixed
+    # real: mean 0.84, sd 0.04, half-width 4.3027 x 0.04 / sqrt(3) = 0.09937
+    assert row["real"] == pytest.approx(0.84)
+    assert row["real_ci"] == pytest.approx([0.84 - 0.09937, 0.84 + 0.09937], abs=1e-4)
+    # real + synthetic: mean 0.86, sd sqrt((0.04^2 + 0.01^2 + 0.05^2) / 2) = 0.045826, half-width 0.11384
+    assert row["real+synthetic"] == pytest.approx(0.86)
+    half = T_975_2 * 0.045826 / 3**0.5
+    assert row["real+synthetic_ci"] == pytest.approx([0.86 - half, 0.86 + half], abs=1e-4)
+    # relative improvement of the means: (0.86 - 0.84) / 0.84 x 100 = 2.381 %
+    assert row["improvement_percent"] == pytest.approx(2.381, abs=1e-3)
+    # paired: 2.5 %, 1.1905 %, 3.4091 % -> mean 2.3665 %, sd 1.11531, half-width 2.7706
+    assert row["paired_improvement_percent"] == pytest.approx(2.3665, abs=1e-4)
+    assert row["paired_improvement_ci"] == pytest.approx([2.3665 - 2.7706, 2.3665 + 2.7706], abs=1e-3)
+    overall = next(r for r in rows if r["arch"] == "mean" and r["class"] == "liver")
+    assert overall["real_per_seed"] == pytest.approx([0.75, 0.79, 0.80])  # per seed, mean over archs
+    assert overall["real"] == pytest.approx(0.78)
+    md = table2_markdown(rows, "note")
+    assert (
+        "| U-Net | Liver-Only | liver | 0.8400 ± 0.0994 | 0.8600 ± 0.1138 | +2.38% | +2.00 | +2.37% ± 2.77 |"
+        in md
+    )
+    first = list(csv.DictReader(table2_csv(rows).splitlines()))[0]
+    assert float(first["real_half_width"]) == pytest.approx(0.09937, abs=1e-4)
+    assert first["real_per_seed"] == "0.8;0.84;0.88"
+    single = table2_rows({k: v[:1] for k, v in results.items()}, ["unet", "vnet"], ["binary"])[0]
+    assert single["real_ci"] is None and single["paired_improvement_ci"] is None  # one seed: no interval
+
+
+def test_grid_trains_every_seed_into_its_own_folder(tiny_prepared, tmp_path, monkeypatch):
+    from foscu.evaluation import segmentation_metrics
+    from foscu.segmentation import predict, train
+
+    trained, predicted = [], []
+
+    def fake_train(arch, task, cfg, prepared_root, run_folder, synthetic=None, **kwargs):
+        trained.append((bool(synthetic), kwargs["seed"]))
+
+    def fake_predict(folder, images, out, overwrite, progress):
+        predicted.append(folder.name)
+        return {case: out / f"{case}.nii.gz" for case in images}
+
+    def fake_evaluate(pairs, task, out):
+        synthetic, seed = trained[-1]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("{}")
+        return fake(0.5 + 0.1 * seed + (0.05 if synthetic else 0.0), task)
+
+    monkeypatch.setattr(train, "train_segmenter", fake_train)
+    monkeypatch.setattr(predict, "predict_cases", fake_predict)
+    monkeypatch.setattr(segmentation_metrics, "evaluate_cases", fake_evaluate)
+    cfg = load_config("tiny", ["segmentation.seeds=3"])
+    run = tmp_path / "run"
+    table = run_table2(cfg, tiny_prepared, run, tmp_path / "synthetic", ["unet"], ["binary"], progress=False)
+
+    assert trained == [(False, 0), (False, 1), (False, 2), (True, 0), (True, 1), (True, 2)]
+    names = ["unet-binary-real", "unet-binary-real-seed1", "unet-binary-real-seed2"]
+    names += [n.replace("real", "real+synthetic", 1) for n in names]
+    assert predicted == names  # the config's seed keeps today's folder: the experiment's segmenter
+    assert sorted(p.name for p in (run / "evaluation" / "seg").iterdir()) == sorted(
+        f"{n}.json" for n in names
+    )
+    row = table["rows"][0]
+    assert row["real_per_seed"] == pytest.approx([0.5, 0.6, 0.7])
+    assert row["real+synthetic_per_seed"] == pytest.approx([0.55, 0.65, 0.75])
+    assert table["seeds"] == [0, 1, 2] and table["interval"] == "Student-t 95 % over seeds"
+    assert "3 times" in table["note"] and "Student-t" in table["note"]
+    assert "±" in (run / "evaluation" / "table2.md").read_text()
+
+
+def test_train_segmenter_seed_names_the_folder_and_seeds_the_run(tiny_prepared, tmp_path, monkeypatch):
+    import torch
+    import yaml
+
+    from foscu.engine import loop
+    from foscu.segmentation.train import run_name, train_segmenter
+
+    fits = []
+    monkeypatch.setattr(
+        loop,
+        "fit",
+        lambda folder, nets, *a, seed, **k: fits.append(
+            (folder.name, seed, [t.clone() for t in nets["segmenter"].state_dict().values()])
+        ),
+    )
+    cfg = load_config("tiny")
+    for seed in (None, 0, 3, 3):
+        train_segmenter("unet", "binary", cfg, tiny_prepared, tmp_path / "run", progress=False, seed=seed)
+    assert [(name, seed) for name, seed, _ in fits] == [
+        ("unet-binary-real", 0),
+        ("unet-binary-real", 0),
+        ("unet-binary-real-seed3", 3),
+        ("unet-binary-real-seed3", 3),
+    ]
+    assert run_name("unet", "binary", True, 3) == "unet-binary-real+synthetic-seed3"
+    weights = [w for _, _, w in fits]
+    assert all(torch.equal(a, b) for a, b in zip(weights[0], weights[1], strict=True))  # same seed
+    assert all(torch.equal(a, b) for a, b in zip(weights[2], weights[3], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(weights[0], weights[2], strict=True))  # other seed
+    stage = yaml.safe_load((tmp_path / "run" / "seg" / "unet-binary-real-seed3" / "config.yaml").read_text())
+    assert stage["seed"] == 3 and "seeds" not in stage["segmentation"]

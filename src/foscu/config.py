@@ -212,6 +212,17 @@ class SegmentationConfig(Section):
     synthetic_fraction: float = Field(1.0, ge=0, description="synthetic cases per real training case")
     sw_batch_size: int = Field(2, ge=1)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(lr=1e-4, weight_decay=1e-5, patience=10))
+    # Table II: each cell trained with n seeds (seed, seed + 1, ...) or with the seeds listed
+    seeds: int | list[int] = 1
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, value: int | list[int]) -> int | list[int]:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"a count must be >= 1, got {value}")
+        if isinstance(value, list) and (not value or len(set(value)) != len(value) or min(value) < 0):
+            raise ValueError(f"a list must hold distinct seeds >= 0, got {value}")
+        return value
 
 
 class EvaluationConfig(Section):

@@ -566,8 +566,8 @@ def paper_ordering(duo: dict, vae_ldm: dict, vqvae_ldm: dict) -> dict[str, Any]:
     holds = duo["mean"] <= vae_ldm["mean"] < vqvae_ldm["mean"]
     text = (
         f"The paper's ordering (Duo-Diffusion <= 3D-LDM w/ VAE < 3D-LDM w/ VQ-VAE) "
-        f"{'holds' if holds else 'does not hold'}: {duo['mean']:.3g}, {vae_ldm['mean']:.3g}, "
-        f"{vqvae_ldm['mean']:.3g}."
+        f"{'holds' if holds else 'does not hold'}: {duo['mean']:.6g}, {vae_ldm['mean']:.6g}, "
+        f"{vqvae_ldm['mean']:.6g}."
     )
     separated: dict[str, bool | None] = {}
     for (better, worse), (better_row, worse_row) in zip(

@@ -1,8 +1,10 @@
 """The paper's Table II: architectures x tasks x {real, real + synthetic}, Dice on the test split.
 
-Each cell is one training run (``RUN/seg/<arch>-<task>-<data>/``), skipped when its ``metrics.json``
-exists and resumed when it stopped half-way; its test predictions are scored by
-``evaluate_cases`` (nnU-Net empty-class convention) into ``RUN/evaluation/seg/<name>.json``.
+Each cell is one training run per seed (``RUN/seg/<arch>-<task>-<data>/`` for the config's seed,
+``...-seed<k>/`` for the others of ``segmentation.seeds``), skipped when its ``metrics.json`` exists and
+resumed when it stopped half-way; its test predictions are scored by ``evaluate_cases`` (nnU-Net
+empty-class convention) into ``RUN/evaluation/seg/<name>.json``. With several seeds a row holds the
+per-seed values, their mean and a Student-t 95 % interval over seeds.
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ def _cell(
     task: Task,
     synthetic_dir: Path | None,
     progress: bool,
+    seed: int,
 ) -> dict[str, Any]:
-    """Train (or skip / resume), predict the test split, evaluate; returns the evaluation dict."""
+    """Train with ``seed`` (or skip / resume), predict the test split, evaluate; returns the evaluation."""
     import json
 
     from foscu.data.prepare import read_prepared
@@ -50,7 +53,7 @@ def _cell(
     from foscu.segmentation.predict import predict_cases
     from foscu.segmentation.train import run_name, train_segmenter
 
-    name = run_name(arch, task, synthetic_dir is not None)
+    name = run_name(arch, task, synthetic_dir is not None, None if seed == cfg.seed else seed)
     folder = run_folder / "seg" / name
     evaluation = run_folder / "evaluation" / "seg" / f"{name}.json"
     if evaluation.is_file() and (folder / "metrics.json").is_file():
@@ -66,6 +69,7 @@ def _cell(
             synthetic,
             resume=(folder / STATE).is_file(),
             progress=progress,
+            seed=seed,
         )
     test = read_prepared(prepared_root).datalist["test"]
     if not test:
@@ -92,80 +96,183 @@ def _points(real: float | None, mixed: float | None) -> float | None:
     return None if real is None or mixed is None else round((mixed - real) * 100.0, 4)
 
 
+def seed_list(cfg: FoscuConfig) -> list[int]:
+    """The seeds of ``segmentation.seeds``: a count n means seed, seed + 1, ..., seed + n - 1."""
+    seeds = cfg.segmentation.seeds
+    return [cfg.seed + i for i in range(seeds)] if isinstance(seeds, int) else list(seeds)
+
+
+def t_interval(values: list[float | None]) -> list[float] | None:
+    """Two-sided 95 % Student-t interval of the mean, [low, high]; None with fewer than 2 values.
+
+    mean +- t(0.975, n - 1) x sd / sqrt(n), sd with n - 1 degrees of freedom; None entries are left out.
+    """
+    from scipy import stats
+
+    kept = np.array([v for v in values if v is not None], dtype=np.float64)
+    if len(kept) < 2:
+        return None
+    half = float(stats.t.ppf(0.975, len(kept) - 1) * kept.std(ddof=1) / np.sqrt(len(kept)))
+    return [float(kept.mean()) - half, float(kept.mean()) + half]
+
+
+def _mean(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
+def _dice(result: dict[str, Any], cls: str) -> float | None:
+    return result["foreground_mean"]["dice"] if cls == "mean" else result["mean"][cls]["dice"]
+
+
 def table2_rows(
-    results: dict[tuple[str, str, str], dict[str, Any]], archs: list[str], tasks: list[str]
+    results: dict[tuple[str, str, str], list[dict[str, Any]]], archs: list[str], tasks: list[str]
 ) -> list[dict[str, Any]]:
-    """One row per arch x task x class (foreground classes, then "mean"), plus "mean" over archs."""
+    """One row per arch x task x class (foreground classes, then "mean"), plus "mean" over archs.
+
+    ``results`` maps (arch, task, kind) to one evaluation per seed, in the same seed order for every
+    cell. A row's ``real``/``real+synthetic`` are means over seeds, ``*_ci`` their t-intervals,
+    ``improvement_percent`` the relative change of the means and ``paired_improvement_percent`` the mean
+    of each seed's own relative change (real and real + synthetic trained with the same seed). The
+    "mean" architecture averages, per seed, the architectures' values.
+    """
     rows: list[dict[str, Any]] = []
     for task in tasks:
         classes = [n for n, v in labels_for_task(task).items() if v != 0] + ["mean"]  # type: ignore[arg-type]
         for arch in [*archs, "mean"]:
             for cls in classes:
-                row: dict[str, Any] = {"arch": arch, "task": task, "class": cls}
+                per_seed: dict[str, list[float | None]] = {}
                 for kind in KINDS:
                     if arch == "mean":
-                        values = [
-                            r[kind]
+                        others = [
+                            r[f"{kind}_per_seed"]
                             for r in rows
-                            if r["task"] == task
-                            and r["class"] == cls
-                            and r["arch"] != "mean"
-                            and r[kind] is not None
+                            if r["task"] == task and r["class"] == cls and r["arch"] != "mean"
                         ]
-                        row[kind] = float(np.mean(values)) if values else None
-                        continue
-                    result = results.get((arch, task, kind))
-                    if result is None:
-                        row[kind] = None
-                    elif cls == "mean":
-                        row[kind] = result["foreground_mean"]["dice"]
+                        per_seed[kind] = [
+                            _mean(list(seed_values)) for seed_values in zip(*others, strict=True)
+                        ]
                     else:
-                        row[kind] = result["mean"][cls]["dice"]
-                row["improvement_percent"] = _improvement(row["real"], row["real+synthetic"])
-                row["difference_points"] = _points(row["real"], row["real+synthetic"])
-                rows.append(row)
+                        per_seed[kind] = [_dice(r, cls) for r in results.get((arch, task, kind), [])]
+                real, mixed = _mean(per_seed["real"]), _mean(per_seed["real+synthetic"])
+                paired = [
+                    _improvement(a, b)
+                    for a, b in zip(per_seed["real"], per_seed["real+synthetic"], strict=False)
+                ]
+                rows.append(
+                    {
+                        "arch": arch,
+                        "task": task,
+                        "class": cls,
+                        "real": real,
+                        "real+synthetic": mixed,
+                        "improvement_percent": _improvement(real, mixed),
+                        "difference_points": _points(real, mixed),
+                        "real_ci": t_interval(per_seed["real"]),
+                        "real+synthetic_ci": t_interval(per_seed["real+synthetic"]),
+                        "paired_improvement_percent": _mean(paired),
+                        "paired_improvement_ci": t_interval(paired),
+                        "real_per_seed": per_seed["real"],
+                        "real+synthetic_per_seed": per_seed["real+synthetic"],
+                    }
+                )
     return rows
 
 
-def _fmt(value: float | None, digits: int = 4) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+def _half_width(interval: list[float] | None) -> float | None:
+    return None if interval is None else (interval[1] - interval[0]) / 2
+
+
+def _pm(
+    value: float | None, interval: list[float] | None, digits: int = 4, sign: str = "", unit: str = ""
+) -> str:
+    """``0.6968 ± 0.0123`` (mean ± half-width of its interval); the value alone without an interval."""
+    if value is None:
+        return "n/a"
+    text = f"{value:{sign}.{digits}f}{unit}"
+    half = _half_width(interval)
+    return text if half is None else f"{text} ± {half:.{digits}f}"
 
 
 def table2_markdown(rows: list[dict[str, Any]], note: str) -> str:
     lines = [
         "# Table II: segmentation Dice on the test split",
         "",
-        "| Model | Segmentation | Class | Real | Real + Synthetic | Improvement (relative, %) | Difference (points) |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| Model | Segmentation | Class | Real | Real + Synthetic | Improvement (relative, %) "
+        "| Difference (points) | Paired improvement (relative, %) |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         imp = "n/a" if r["improvement_percent"] is None else f"{r['improvement_percent']:+.2f}%"
         points = "n/a" if r["difference_points"] is None else f"{r['difference_points']:+.2f}"
+        paired = _pm(r["paired_improvement_percent"], r["paired_improvement_ci"], 2, "+", "%")
         lines.append(
             f"| {ARCH_NAMES.get(r['arch'], r['arch'])} | {TASK_NAMES[r['task']]} | {r['class']} | "
-            f"{_fmt(r['real'])} | {_fmt(r['real+synthetic'])} | {imp} | {points} |"
+            f"{_pm(r['real'], r['real_ci'])} | {_pm(r['real+synthetic'], r['real+synthetic_ci'])} | {imp} | "
+            f"{points} | {paired} |"
         )
     return "\n".join(lines + ["", note, ""])
 
 
+CSV_COLUMNS = [
+    "arch",
+    "task",
+    "class",
+    "real",
+    "real_half_width",
+    "real+synthetic",
+    "real+synthetic_half_width",
+    "improvement_percent",
+    "difference_points",
+    "paired_improvement_percent",
+    "paired_improvement_half_width",
+    "real_per_seed",
+    "real+synthetic_per_seed",
+]
+
+
 def table2_csv(rows: list[dict[str, Any]]) -> str:
+    """One line per row: means, the 95 % interval half-widths, per-seed values joined by ``;``."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(
-        buffer,
-        fieldnames=[
-            "arch",
-            "task",
-            "class",
-            "real",
-            "real+synthetic",
-            "improvement_percent",
-            "difference_points",
-        ],
-    )
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: "" if v is None else v for k, v in r.items()})
+        line = {k: r[k] for k in CSV_COLUMNS if k in r}
+        for key in ("real", "real+synthetic", "paired_improvement"):
+            line[f"{key}_half_width"] = _half_width(r[f"{key}_ci"])
+        for key in ("real_per_seed", "real+synthetic_per_seed"):
+            line[key] = ";".join("" if v is None else str(v) for v in r[key])
+        writer.writerow({k: "" if v is None else v for k, v in line.items()})
     return buffer.getvalue()
+
+
+def _note(cfg: FoscuConfig, seeds: list[int]) -> str:
+    """What table2's numbers are: the seeds, the interval, the improvement's unit, the Dice convention."""
+    from foscu.evaluation.segmentation_metrics import CONVENTIONS
+
+    seeded = (
+        f"(weights, batch order, augmentation, synthetic draw at {cfg.segmentation.synthetic_fraction} "
+        "synthetic per real case)"
+    )
+    relative = (
+        "improvement_percent = (real+synthetic - real) / real x 100, relative, in percent as the paper's "
+        "Table II (0.6968 -> 0.7014 is +0.66 %)"
+    )
+    if len(seeds) == 1:
+        return (
+            f"Dice on the prepared test split; each run trained once, seed {seeds[0]} {seeded} — no repeats, "
+            f"so differences within run-to-run noise are not evidence. {relative}; difference_points = "
+            f"(real+synthetic - real) x 100. {CONVENTIONS['nnunet']}"
+        )
+    return (
+        f"Dice on the prepared test split; each cell trained {len(seeds)} times, seeds {seeds} {seeded}, "
+        "on the same split and test cases. real and real+synthetic are means over seeds; *_ci and the ± of "
+        "table2.md/csv are two-sided 95 % Student-t intervals over seeds, mean ± t(0.975, n-1) x sd / sqrt(n) "
+        "(sd with n-1), i.e. run-to-run training noise only, not case sampling. "
+        f"{relative}, on the seed means; paired_improvement_percent is the mean over seeds of each seed's "
+        "relative improvement (real and real+synthetic trained with the same seed), with its t-interval; "
+        f"difference_points = (real+synthetic - real) x 100 on the means. {CONVENTIONS['nnunet']}"
+    )
 
 
 def run_table2(
@@ -182,7 +289,6 @@ def run_table2(
     ``archs``/``tasks`` default to the config's ``segmentation.archs``/``tasks``. Without ``synthetic_dir``
     only the real column is filled.
     """
-    from foscu.evaluation.segmentation_metrics import CONVENTIONS
     from foscu.runs import write_json_atomic, write_text_atomic
     from foscu.segmentation.networks import ARCHS
 
@@ -195,26 +301,31 @@ def run_table2(
         if task not in TASK_NAMES:
             raise InputError("tasks", f"unknown task {task!r} (binary or multiclass)")
     run_folder = Path(run_folder)
-    results: dict[tuple[str, str, str], dict[str, Any]] = {}
+    seeds = seed_list(cfg)
+    results: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for task in tasks:
         for arch in archs:
             task = cast(Task, task)
-            results[(arch, task, "real")] = _cell(cfg, prepared_root, run_folder, arch, task, None, progress)
+            sources: list[tuple[str, Path | None]] = [("real", None)]
             if synthetic_dir is not None:
-                results[(arch, task, "real+synthetic")] = _cell(
-                    cfg, prepared_root, run_folder, arch, task, Path(synthetic_dir), progress
-                )
+                sources.append(("real+synthetic", Path(synthetic_dir)))
+            for kind, source in sources:
+                results[(arch, task, kind)] = [
+                    _cell(cfg, prepared_root, run_folder, arch, task, source, progress, seed)
+                    for seed in seeds
+                ]
     rows = table2_rows(results, archs, tasks)
-    note = (
-        f"Dice on the prepared test split; each run trained once, seed {cfg.seed} (weights, batch order, "
-        f"augmentation, synthetic draw at {cfg.segmentation.synthetic_fraction} synthetic per real case) — "
-        "no repeats, so differences within run-to-run noise are not evidence. improvement_percent = (real+synthetic "
-        "- real) / real x 100, relative, in percent as the paper's Table II (0.6968 -> 0.7014 is +0.66 %); "
-        f"difference_points = (real+synthetic - real) x 100. {CONVENTIONS['nnunet']}"
-    )
-    table = {"rows": rows, "note": note, "seed": cfg.seed, "archs": archs, "tasks": tasks}
+    table = {
+        "rows": rows,
+        "note": _note(cfg, seeds),
+        "seed": cfg.seed,
+        "seeds": seeds,
+        "interval": None if len(seeds) < 2 else "Student-t 95 % over seeds",
+        "archs": archs,
+        "tasks": tasks,
+    }
     out = run_folder / "evaluation"
     write_json_atomic(out / "table2.json", table)
     write_text_atomic(out / "table2.csv", table2_csv(rows))
-    write_text_atomic(out / "table2.md", table2_markdown(rows, note))
+    write_text_atomic(out / "table2.md", table2_markdown(rows, table["note"]))
     return table

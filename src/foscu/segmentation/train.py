@@ -26,9 +26,13 @@ if TYPE_CHECKING:
 NET = "segmenter"
 
 
-def run_name(arch: str, task: Task, synthetic: bool) -> str:
-    """``<arch>-<task>-<real|real+synthetic>``: the folder under RUN/seg/."""
-    return f"{arch}-{task}-{'real+synthetic' if synthetic else 'real'}"
+def run_name(arch: str, task: Task, synthetic: bool, seed: int | None = None) -> str:
+    """``<arch>-<task>-<real|real+synthetic>[-seed<k>]``: the folder under RUN/seg/.
+
+    ``seed`` only for a run trained with another seed than the config's (Table II's extra seeds).
+    """
+    name = f"{arch}-{task}-{'real+synthetic' if synthetic else 'real'}"
+    return name if seed is None else f"{name}-seed{seed}"
 
 
 class SegmentationLoss:
@@ -150,7 +154,7 @@ def _stage_config(
         "synthetic_fraction": fraction,
         "training_cases": {"real": n_real, "synthetic": n_synthetic},
         "seed": cfg.seed,
-        "segmentation": cfg.segmentation.model_dump(mode="json"),
+        "segmentation": cfg.segmentation.model_dump(mode="json", exclude={"seeds"}),  # seeds: Table II's
         "provenance": provenance(cfg.seed),
     }
 
@@ -165,11 +169,14 @@ def train_segmenter(
     synthetic_fraction: float | None = None,
     resume: bool = False,
     progress: bool = True,
+    seed: int | None = None,
 ) -> tuple[Path, FitResult]:
     """Train ``arch`` for ``task`` into ``run_folder/seg/<arch>-<task>-<real|real+synthetic>/``.
 
     Synthetic sets (nnU-Net layout) join the training split only, ``synthetic_fraction`` synthetic cases
-    per real training case (default: the config's). Returns the stage folder and the engine's result.
+    per real training case (default: the config's). ``seed`` (default: the config's) seeds weights, batch
+    order, augmentation and the synthetic draw; another seed than the config's trains into
+    ``...-seed<seed>/``. Returns the stage folder and the engine's result.
     """
     import yaml
 
@@ -184,6 +191,8 @@ def train_segmenter(
         raise InputError("--task", f"expected binary or multiclass, got {task!r}")
     if arch not in ARCHS:
         raise InputError("--arch", f"unknown architecture {arch!r} (choose from {', '.join(ARCHS)})")
+    suffix = None if seed is None or seed == cfg.seed else seed
+    cfg = cfg if seed is None else cfg.model_copy(update={"seed": seed})
     seg = cfg.segmentation
     synthetic = [Path(p) for p in (synthetic or [])]
     fraction = seg.synthetic_fraction if synthetic_fraction is None else synthetic_fraction
@@ -202,14 +211,18 @@ def train_segmenter(
         raise InputError(
             prepared.root / "datalist.json", "validation split is empty (early stopping needs it)"
         )
-    net = build_segmenter(arch, task, seg, prepared.roi, prepared.spacing)
+    import torch
+
+    with torch.random.fork_rng(devices=[]):  # initial weights drawn from the run's seed
+        torch.manual_seed(cfg.seed)
+        net = build_segmenter(arch, task, seg, prepared.roi, prepared.spacing)
     items = (
         mix_training(real, synthetic_items(synthetic, prepared.roi), fraction, cfg.seed)
         if synthetic
         else real
     )
 
-    folder = Path(run_folder) / "seg" / run_name(arch, task, bool(synthetic))
+    folder = Path(run_folder) / "seg" / run_name(arch, task, bool(synthetic), suffix)
     stage_cfg = _stage_config(
         arch, task, cfg, prepared, synthetic, fraction, len(real), len(items) - len(real)
     )
