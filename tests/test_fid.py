@@ -393,8 +393,8 @@ def test_one_bootstrap_resample_is_the_distance_of_the_drawn_volumes(tiny_volume
     drawn = np.random.default_rng(7).integers(0, 3, size=(1, 3))[0]
     assert len(set(drawn.tolist())) < 3  # a real resample: some volume repeats (true for this seed)
     by_hand = fid_25d(tiny_volumes, [fake[i] for i in drawn], slice_stride=2)["mean"]
-    assert one["mean_low"] == pytest.approx(by_hand, rel=1e-9)
-    assert one["mean_high"] == pytest.approx(by_hand, rel=1e-9)
+    assert one["mean_low"] == pytest.approx(by_hand, rel=1e-6)
+    assert one["mean_high"] == pytest.approx(by_hand, rel=1e-6)
 
 
 def test_paper_ordering_and_separation() -> None:

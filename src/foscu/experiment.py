@@ -318,7 +318,8 @@ class Protocol:
             )
         interval = (
             f" mean_low-mean_high: percentile bootstrap 95 % interval of the mean, {e.bootstrap} resamples "
-            "of each method's synthetic volumes (real set fixed)."
+            "of each method's synthetic volumes (real set fixed); a resample repeats volumes, so the "
+            "interval lies mostly above the point estimate."
             if e.bootstrap
             else " No intervals (evaluation.bootstrap: 0)."
         )

@@ -421,8 +421,10 @@ def _standardiser(real_features: np.ndarray, features: str) -> Any:
 class _RealGaussian:
     """The real set's mean, trace and covariance square root, computed once for many Fréchet distances.
 
-    tr((S_a^1/2 S_b S_a^1/2)^1/2) with S_b = x_b^T x_b is the sum of singular values of x_b S_a^1/2, so each
-    fake set costs one (n_b, d) x (d, d) product and one SVD; equal to :func:`frechet_distance` to rounding.
+    tr((S_a^1/2 S_b S_a^1/2)^1/2) with S_b = x_b^T x_b is the sum of singular values of x_b S_a^1/2: with
+    each fake volume's features projected once (``project``), a resample costs one Gram matrix of the
+    smaller side and its eigenvalues. Equal to :func:`frechet_distance` to ~1e-9 relative (the Gram
+    matrix squares the singular values).
     """
 
     def __init__(self, real_features: np.ndarray) -> None:
@@ -433,11 +435,19 @@ class _RealGaussian:
         eigval, eigvec = np.linalg.eigh(x_a.T @ x_a)
         self.sqrt_cov = (eigvec * np.sqrt(np.clip(eigval, 0.0, None))) @ eigvec.T  # (d, d)
 
-    def distance(self, fake_features: np.ndarray) -> float:
+    def project(self, features: np.ndarray) -> np.ndarray:
+        """(n, d) features -> (n, d) features x S_a^1/2."""
+        return np.asarray(features, dtype=np.float64) @ self.sqrt_cov
+
+    def distance(self, fake_features: np.ndarray, projected: np.ndarray | None = None) -> float:
+        """Fréchet distance of (n_b, d) fake features to the real set (``projected``: their projection)."""
         b = np.asarray(fake_features, dtype=np.float64)
+        g = self.project(b) if projected is None else projected
         mean_diff = self.mean - b.mean(axis=0)
         x_b = (b - b.mean(axis=0)) / np.sqrt(len(b) - 1)
-        cross = np.linalg.svd(x_b @ self.sqrt_cov, compute_uv=False).sum()
+        g_b = (g - g.mean(axis=0)) / np.sqrt(len(b) - 1)  # x_b S_a^1/2: (n_b, d)
+        gram = g_b @ g_b.T if len(g_b) <= g_b.shape[1] else g_b.T @ g_b  # squared singular values
+        cross = np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0.0, None)).sum()
         distance = mean_diff @ mean_diff + self.trace + (x_b**2).sum() - 2.0 * cross
         return float(max(distance, 0.0))
 
@@ -464,8 +474,11 @@ def bootstrap_interval(
         scale = _standardiser(real.per_plane[plane], real.features)
         reference = _RealGaussian(scale(real.per_plane[plane]))
         volumes = [scale(v) for v in fake_volumes[plane]]
+        projected = [reference.project(v) for v in volumes]  # once per volume, not per resample
         for b, picked in enumerate(draws):
-            means[b] += reference.distance(np.concatenate([volumes[i] for i in picked])) / len(PLANES)
+            fake_b = np.concatenate([volumes[i] for i in picked])
+            projected_b = np.concatenate([projected[i] for i in picked])
+            means[b] += reference.distance(fake_b, projected_b) / len(PLANES)
     low, high = np.percentile(means, [2.5, 97.5])
     return {
         "mean_low": float(low),
@@ -474,7 +487,8 @@ def bootstrap_interval(
             "resamples": resamples,
             "seed": seed,
             "method": "percentile bootstrap 95 % interval of the mean over planes; synthetic volumes "
-            "resampled with replacement, real set fixed",
+            "resampled with replacement, real set fixed. A resample repeats volumes, so it is less diverse "
+            "and its distance larger: the interval lies mostly above the point estimate",
         },
     }
 
