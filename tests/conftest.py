@@ -22,12 +22,12 @@ def tiny_phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_prepared(tiny_phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny phantom prepared at its full 32 x 32 x 16 grid, split 4/1/1 (shared, read-only)."""
+    """The tiny phantom prepared at its full 32 x 32 x 16 grid, split 3/1/2 (shared, read-only)."""
     from foscu.data.prepare import prepare_dataset
 
     out = tmp_path_factory.mktemp("prepared") / "prepared"
     prepare_dataset(
-        tiny_phantom, out, roi=TINY_SHAPE, center="tumor", split=(0.6, 0.2, 0.2), seed=0, progress=False
+        tiny_phantom, out, roi=TINY_SHAPE, center="tumor", split=(0.5, 0.17, 0.33), seed=0, progress=False
     )
     return out
 

@@ -398,12 +398,16 @@ def demo(
     ),
     config: Annotated[str, typer.Option("--config", help="preset or YAML file")] = "demo",
     overrides: Annotated[list[str] | None, typer.Option("--set", help="override: key.sub=value")] = None,
+    cases: Annotated[int, typer.Option("--cases", min=6, help="phantom cases (70/10/20 split)")] = 30,
 ) -> None:
-    """phantom -> prepare -> experiment -> report on the embedded data set (2 CPU cores, <= 15 min)."""
+    """phantom -> prepare -> experiment -> report on the embedded data set (2 CPU cores, <= 15 min).
+
+    ``--config proof --cases 60`` is the proof run (docs/results/proof/).
+    """
     from foscu.demo import run_demo
 
     try:
-        report_path = run_demo(out, config, overrides or [])
+        report_path = run_demo(out, config, overrides or [], cases=cases)
     except InputError as err:
         _fail(err)
     typer.echo(f"report: {report_path}", err=True)

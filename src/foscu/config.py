@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from foscu.errors import InputError
 
-PRESETS = ("tiny", "demo", "paper")
+PRESETS = ("tiny", "demo", "proof", "paper")
 
 
 class Section(BaseModel):

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from foscu.config import FoscuConfig, load_config
+from foscu.config import PRESETS, FoscuConfig, load_config
 from foscu.errors import InputError
 from foscu.runs import RunFolder, write_json_atomic
 
@@ -110,7 +110,7 @@ class Protocol:
                 "ladder: reconstruct the test images",
                 "sample",
                 [self._ladder_dir("vae") / "dataset.json"],
-                lambda: self._reconstruct(self.real_test, self._ladder_dir("vae")),
+                lambda: self._reconstruct(self.real_test, self._ladder_dir("vae"), self._test_affines()),
             ),
             Step(
                 "ladder: images from the real test masks",
@@ -196,7 +196,14 @@ class Protocol:
             progress=self.progress,
         )
 
-    def _reconstruct(self, images: dict[str, np.ndarray], out: Path) -> None:
+    def _test_affines(self) -> dict[str, np.ndarray]:
+        from foscu.data.nifti import read_nifti
+
+        return {c: read_nifti(label, label=True).affine for c, (_, label) in self._test_files().items()}
+
+    def _reconstruct(
+        self, images: dict[str, np.ndarray], out: Path, affines: dict[str, np.ndarray] | None = None
+    ) -> None:
         """Image-VAE reconstructions of real images: Table I's reference row, and the ladder's rung (b)."""
         import torch
 
@@ -214,7 +221,7 @@ class Protocol:
             for case_id, image in images.items():
                 x = torch.from_numpy(image)[None, None].to(device)  # (1, 1, X, Y, Z)
                 recon = decode(vae, encode(vae, x)[0]).float().clamp(0, 1)[0, 0].cpu().numpy()
-                write_nifti(image_path(tmp, case_id), recon, affine)
+                write_nifti(image_path(tmp, case_id), recon, (affines or {}).get(case_id, affine))
             write_dataset_json(
                 tmp, "FOSCU image-VAE reconstructions", len(images), labels=self.prepared.labels
             )
@@ -235,8 +242,8 @@ class Protocol:
         from foscu.data.loaders import load_split
 
         volumes = load_split(self.prepared, "test")
-        if len(volumes) < 2:
-            raise InputError(self.data / "datalist.json", "the fidelity ladder needs at least 2 test cases")
+        if len(volumes) == 0:
+            raise InputError(self.data / "datalist.json", "the fidelity ladder needs a test split")
         return {c: v[0].numpy() for c, v in zip(volumes.case_ids, volumes.images, strict=True)}
 
     def _test_files(self) -> dict[str, tuple[Path, Path]]:
@@ -417,6 +424,7 @@ class Protocol:
     def _ladder(self) -> None:
         """The fidelity ladder (evaluation/ladder.py): rungs (a)-(e) scored by one real-only segmenter."""
         from foscu.data.layout import case_files
+        from foscu.data.nifti import read_nifti, write_nifti
         from foscu.evaluation import ladder
         from foscu.evaluation.segmentation_metrics import evaluate_cases
 
@@ -438,11 +446,25 @@ class Protocol:
         duo_labels = case_files(self.run.samples, "labels")
         preds = self._predict(segmenter, case_files(self.run.samples, "images"), "duo")
         pairs["duo"] = {c: (preds[c], duo_labels[c]) for c in duo_labels}
-        # (e) control: the images of (c) against another case's mask
-        pairs["control"] = ladder.control_pairs(pairs["mask_to_image"])
+        # (e) control: the images of (c) against another case's mask (needs two test cases)
+        control_sources: dict[str, str] = {}
+        if len(pairs["mask_to_image"]) >= 2:
+            pairs["control"] = {}
+            for case, (pred, other) in ladder.control_pairs(pairs["mask_to_image"]).items():
+                # the other case's mask on this case's grid (each ROI has its own origin)
+                moved = self.ev / "ladder" / "control_masks" / f"{case}.nii.gz"
+                affine = read_nifti(pred, label=True).affine
+                write_nifti(moved, read_nifti(other, label=True).array, affine, label=True)
+                pairs["control"][case], control_sources[case] = (pred, moved), str(other)
         metrics = {rung: evaluate_cases(p, "multiclass") for rung, p in pairs.items()}
         rows = ladder.ladder_rows(metrics)
-        verdict = ladder.conditioning_verdict(metrics["mask_to_image"], metrics["control"])
+        if "control" in metrics:
+            verdict = ladder.conditioning_verdict(metrics["mask_to_image"], metrics["control"])
+        else:
+            verdict = {
+                "working": None,
+                "text": "The conditioning cannot be judged: one test case, no control.",
+            }
         verdict["response"] = self._conditioning_response(test)
         write_json_atomic(
             self.ev / "ladder.json",
@@ -462,6 +484,7 @@ class Protocol:
                     rung: {c: [str(a), str(b)] for c, (a, b) in p.items()} for rung, p in pairs.items()
                 },
                 "per_case": {rung: m["cases"] for rung, m in metrics.items()},
+                "control_masks_from": control_sources,
                 "note": f"Dice (nnU-Net empty-class rule) of the real-only {segmenter.name} segmenter; "
                 "fraction = rung / (a) per class",
             },
@@ -470,17 +493,18 @@ class Protocol:
     def _conditioning_response(self, test: dict[str, tuple[Path, Path]]) -> dict[str, Any]:
         """Two test masks, one seed: how much, and where, the generated image changes with the mask."""
         from foscu.data.nifti import read_nifti
-        from foscu.evaluation.ladder import conditioning_response
+        from foscu.generative.conditioning import conditioning_response
         from foscu.generative.sampling import load_pipeline
 
         pipe = load_pipeline(self.run.root)
         pipe.decode_patch = self.cfg.sample.decode_patch
-        a, b = (read_nifti(test[c][1], label=True).array for c in sorted(test)[:2])
+        masks = {c: label for c, (_, label) in sorted(test.items())}
+        for item in self.prepared.datalist["training"]:  # a second mask where the test split has one case
+            masks.setdefault(item["case_id"], Path(item["label"]))
+        cases = list(masks)[:2]
+        a, b = (read_nifti(masks[c], label=True).array for c in cases)
         s = self.cfg.sample
-        return {
-            "cases": sorted(test)[:2],
-            **conditioning_response(pipe, a, b, self.cfg.seed, s.sampler, s.steps),
-        }
+        return {"cases": cases, **conditioning_response(pipe, a, b, self.cfg.seed, s.sampler, s.steps)}
 
     def _label_realism(self) -> None:
         """Shape statistics of the Duo-Diffusion labels against the real training labels."""
@@ -543,7 +567,7 @@ def run_experiment(
         write_json_atomic(
             record_path,
             {
-                "config": cfg.preset if config in ("tiny", "demo", "paper") else config,
+                "config": cfg.preset if config in PRESETS else config,
                 "overrides": list(overrides),
                 "data": str(Path(data).resolve()),
                 "timings": times,

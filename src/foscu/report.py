@@ -36,7 +36,8 @@ def _fmt(value: Any) -> str:
             return f"{value:.3f}" if abs(value) < 1 else f"{value:.2f}"
         return f"{value:.1f}" if abs(value) < 100 else f"{value:.0f}"
     if isinstance(value, list) and value and all(isinstance(v, float) for v in value):
-        return "–".join(_fmt(v) for v in value)
+        # a pair is an interval (IQR, 95 % CI); longer lists are per-seed values
+        return "–".join(_fmt(v) for v in value) if len(value) == 2 else ", ".join(_fmt(v) for v in value)
     return str(value)
 
 

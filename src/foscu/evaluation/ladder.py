@@ -123,39 +123,3 @@ def where_lost(rows: list[dict[str, Any]]) -> str:
     if drop <= 0.05:
         return "No rung loses more than 0.05 liver Dice."
     return f"Most liver Dice is lost at {stage[to]}: {drop:.2f} from {RUNGS[frm]} to {RUNGS[to]}."
-
-
-def conditioning_response(
-    pipe: Any, mask_a: np.ndarray, mask_b: np.ndarray, seed: int, sampler: str, steps: int
-) -> dict[str, Any]:
-    """Generate from two masks with the same seed: do the images change, and where the masks differ?
-
-    A ControlNet that conditions changes the image more where the masks differ than where they agree
-    (``ratio`` > 1); one whose residuals are zero gives the same image twice (``difference`` 0).
-
-    Args:
-        pipe: a Duo-Diffusion :class:`~foscu.generative.sampling.Pipeline`.
-        mask_a, mask_b: (X, Y, Z) label volumes on the run's grid that differ somewhere.
-    """
-    import torch
-
-    from foscu.generative.sampling import generate_batch
-
-    differ = mask_a != mask_b
-    if not differ.any() or differ.all():
-        raise ValueError("the two masks must differ in some voxels and agree in others")
-    labels = torch.from_numpy(np.stack([mask_a, mask_b]).astype(np.int64))
-    # the same per-sample seed for both masks: only the condition differs
-    first, _ = generate_batch(pipe, [seed], sampler, steps, labels[:1])
-    second, _ = generate_batch(pipe, [seed], sampler, steps, labels[1:])
-    diff = np.abs(first[0] - second[0])
-    where_differ, where_agree = float(diff[differ].mean()), float(diff[~differ].mean())
-    ratio = where_differ / where_agree if where_agree > 0 else (float("inf") if where_differ > 0 else None)
-    return {
-        "difference": float(diff.mean()),
-        "where_masks_differ": where_differ,
-        "where_masks_agree": where_agree,
-        "ratio": ratio,
-        "conditioned": bool(diff.mean() > 1e-4 and ratio is not None and ratio > 1.2),
-        "voxels_differ": int(differ.sum()),
-    }
