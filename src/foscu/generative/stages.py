@@ -94,8 +94,13 @@ def build_from_info(info: dict[str, Any]) -> dict[str, nn.Module]:
 
     kind = info["kind"]
     if kind == "autoencoder":  # one channel: the image VAE; one per class: the label VAE
-        section = ImageAutoencoderStage if info["channels"] == 1 else AutoencoderStage
-        return autoencoders.build_autoencoder(section.model_validate(info["section"]), info["channels"])
+        if info["channels"] == 1:
+            return autoencoders.build_autoencoder(
+                ImageAutoencoderStage.model_validate(info["section"]), info["channels"]
+            )
+        # label VAEs trained before `reconstruction` was refused for labels recorded it (it was never used)
+        section = {k: v for k, v in info["section"].items() if k != "reconstruction"}
+        return autoencoders.build_autoencoder(AutoencoderStage.model_validate(section), info["channels"])
     if kind == "vqvae":
         return autoencoders.build_vqvae(VQVAEStage.model_validate(info["section"]))
     if kind == "diffusion":
