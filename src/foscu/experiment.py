@@ -22,7 +22,7 @@ from foscu.errors import InputError
 from foscu.runs import RunFolder, write_json_atomic
 
 GROUPS = ("train", "sample", "table1", "fidelity", "table2", "report")
-CONDITIONS = ("label_latent", "label_downsampled", "label_fullres")
+CONDITIONS = ("label_latent", "label_downsampled", "label_fractions", "label_fullres")
 GENERATIVE_STAGES = ("label-vae", "image-vae", "label-ldm", "image-ldm", "controlnet", "vqvae", "vqvae-ldm")
 
 

@@ -3,6 +3,8 @@
 - ``label_latent``: c_f(z_l), the label latent mean from the frozen label-VAE encoder (the paper);
 - ``label_downsampled``: the one-hot label resized (nearest) to the latent grid — what MONAI's
   ControlNetLatentDiffusionInferer does; thin vessels vanish at the latent grid;
+- ``label_fractions``: each class's share of every latent voxel (the one-hot averaged over the voxels a latent
+  voxel covers): as cheap as ``label_downsampled``, but a vessel one voxel wide still shows as a fraction;
 - ``label_fullres``: the full-resolution one-hot label through a strided conditioning embedding (as MAISI).
 
 FOSCU calls the ControlNet directly: with its default conditioning embedding MONAI's inferer shrinks the label
@@ -79,4 +81,6 @@ def make_condition(
     onehot = one_hot(labels, num_classes)  # (N, C, X, Y, Z)
     if condition == "label_downsampled":
         return F.interpolate(onehot, size=latent_shape, mode="nearest")
+    if condition == "label_fractions":
+        return F.adaptive_avg_pool3d(onehot, latent_shape)  # (N, C, x, y, z), sums to 1 over C
     return onehot
