@@ -57,7 +57,7 @@ def encode_volumes(
     """
     means, sigmas = [], []
     autoencoder.eval().to(device)
-    for start in range(0, len(x), batch_size):
+    for start in range(0, max(len(x), 1), batch_size):  # an empty split: one empty batch, (0, c, x, y, z)
         batch = x[start : start + batch_size]
         if num_classes is not None:
             batch = one_hot(batch, num_classes)  # (B, C, X, Y, Z)

@@ -1,0 +1,123 @@
+"""The paper preset at the paper's size (160 x 160 x 64) on the CPU: one step of everything, one process.
+
+Catches shape, divisibility and memory mistakes that the tiny sizes of the other tests cannot: every
+generative stage of the `paper` preset takes one training step through the real engine (``train_stage`` ->
+``fit``), one label -> image pair is sampled with 2 DDIM steps, and every segmentation architecture takes
+one step through ``train_segmenter``. Trimmed to fit CI: batch 1, one training case and no validation
+for the generative stages (one validation case for the segmenters, which need one), the autoencoders on
+64 x 64 x 32 patches (their ``patch_size``; encoding the latent caches and decoding the pair still run
+at 160 x 160 x 64).
+"""
+
+from __future__ import annotations
+
+import resource
+
+import numpy as np
+import pytest
+import yaml
+
+from foscu.config import load_config
+from foscu.data.nifti import read_nifti
+
+ROI = (160, 160, 64)
+SPACING = (1.5, 1.5, 3.0)
+GENERATIVE = {
+    "label-vae": "label_vae",
+    "image-vae": "image_vae",
+    "label-ldm": "label_ldm",
+    "image-ldm": "image_ldm",
+    "controlnet": "controlnet",
+    "vqvae": "vqvae",
+    "vqvae-ldm": "vqvae_ldm",
+}
+PATCH = "[64, 64, 32]"  # divisible by the paper VAEs' 4x and the VQ-VAE's 4x downsampling
+PEAK_RSS_GB = 12.0  # the machine has 24 GB shared by parallel test runs
+
+
+def _one_step_overrides() -> list[str]:
+    out = []
+    for section in GENERATIVE.values():
+        out += [f"{section}.train.epochs=1", f"{section}.train.batch_size=1"]
+    out += [f"{s}.patch_size={PATCH}" for s in ("label_vae", "image_vae", "vqvae")]
+    out += ["segmentation.train.steps=1", "segmentation.train.batch_size=1"]
+    return out + ["sample.steps=2", "sample.batch_size=1"]
+
+
+@pytest.fixture(scope="module")
+def paper_data(tmp_path_factory):
+    """Phantom case 0 (and case 1) at 160 x 160 x 64, prepared at the paper ROI; removed afterwards.
+
+    ``generative``: 1 training case, no validation or test; ``segmentation``: 1 training, 1 validation.
+    """
+    import shutil
+
+    from foscu.data.phantom import write_phantom_set
+    from foscu.data.prepare import prepare_dataset
+
+    root = tmp_path_factory.mktemp("paper")
+    for name, cases, split in (("generative", 1, (1, 0, 0)), ("segmentation", 2, (1, 1, 0))):
+        write_phantom_set(root / f"raw-{name}", cases, ROI, SPACING, seed=0, workers=1, progress=False)
+        prepare_dataset(root / f"raw-{name}", root / name, roi=ROI, split=split, progress=False)
+    yield root
+    shutil.rmtree(root)  # the paper-size weights take GBs
+
+
+def _drop_resume_files(folder):
+    """Checkpoint and optimizer state serve only --resume: 0.5 GB each per paper UNet, gone at once."""
+    for path in [*folder.glob("checkpoint-*.safetensors"), folder / "train_state.pt"]:
+        path.unlink(missing_ok=True)
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def test_an_empty_split_encodes_to_an_empty_latent_cache():
+    """The generative set here has no validation split; its latent cache entry is (0, c, x, y, z)."""
+    import torch
+
+    from foscu.generative.autoencoders import build_autoencoder
+    from foscu.generative.latents import encode_volumes
+
+    vae = build_autoencoder(load_config("tiny").label_vae, 5)["autoencoder"]
+    mean, sigma = encode_volumes(
+        vae, torch.zeros(0, 32, 32, 16, dtype=torch.uint8), 2, torch.device("cpu"), 5
+    )
+    assert mean.shape == sigma.shape and mean.shape[0] == 0 and mean.shape[2:] == (16, 16, 8)
+
+
+@pytest.mark.slow
+def test_every_stage_a_pair_and_every_segmenter_at_the_paper_size(paper_data):
+    from foscu.generative.sampling import generate
+    from foscu.generative.stages import train_stage
+    from foscu.segmentation.networks import ARCHS
+    from foscu.segmentation.train import train_segmenter
+
+    cfg = load_config("paper", _one_step_overrides())
+    run = paper_data / "run"
+    # 1. every generative stage: one optimizer step through the engine, weights written
+    for stage in GENERATIVE:
+        result = train_stage(stage, cfg, paper_data / "generative", run, progress=False)
+        assert result.steps == 1, stage
+        assert (run / stage / "model.safetensors").is_file(), stage
+        _drop_resume_files(run / stage)
+    for vae in ("label-vae", "image-vae"):  # the preset's stated grid: 8 x 40 x 40 x 16
+        info = yaml.safe_load((run / vae / "config.yaml").read_text())
+        assert (info["latent_channels"], info["latent_shape"]) == (8, [40, 40, 16]), vae
+    # 2. one pair with 2 DDIM steps, decoded at the paper ROI
+    out = paper_data / "samples"
+    generate(run, 1, out, "ddim", 2, cfg.seed, batch_size=1, progress=False)
+    (image,) = (out / "imagesTr").glob("*_0000.nii.gz")
+    (label,) = (out / "labelsTr").glob("*.nii.gz")
+    assert read_nifti(image).array.shape == ROI
+    labels = read_nifti(label, label=True).array
+    assert labels.shape == ROI and set(np.unique(labels)) <= set(range(5))
+    # 3. every segmentation architecture: one step at the whole 160 x 160 x 64 ROI, multi-class
+    for arch in ARCHS:
+        folder, fitted = train_segmenter(
+            arch, "multiclass", cfg, paper_data / "segmentation", run, progress=False
+        )
+        assert fitted.steps == 1 and (folder / "model.safetensors").is_file(), arch
+        _drop_resume_files(folder)
+    assert _peak_rss_gb() < PEAK_RSS_GB
