@@ -7,8 +7,9 @@ slice features, and their mean is the headline number (as in MAISI's 2.5D FID).
 Feature sets: ``inception`` (FID with the standard pt_inception weights), ``radimagenet`` (FID with
 RadImageNet ResNet-50, as MAISI) and the default ``frd``: radiomics-style hand-crafted slice features
 (first-order statistics, gray-level co-occurrence texture, gradient and local-binary-pattern histograms)
-computed here with numpy, so it needs no download. Its distance is a Fréchet radiomics-style distance (FRD),
-not an FID, and is labelled so in every output.
+computed with numpy in :mod:`foscu.evaluation.radiomics`, so it needs no download. Its distance is a
+Fréchet radiomics-style distance (FRD), not an FID, and is labelled so in every output. The distance maths
+and the bootstrap interval are in :mod:`foscu.evaluation.frechet`.
 """
 
 from __future__ import annotations
@@ -22,54 +23,17 @@ import numpy as np
 
 from foscu.errors import InputError
 
+# the distance maths and the FRD slice features live beside this module; callers import them from here too
+from foscu.evaluation.frechet import _RealGaussian as _RealGaussian
+from foscu.evaluation.frechet import _standardiser, bootstrap_interval, frechet_distance
+from foscu.evaluation.radiomics import radiomics_features  # looked up here at call time (tests patch it)
+
 if TYPE_CHECKING:
     import torch
 
 PLANES = ("axial", "coronal", "sagittal")
 FEATURES = ("frd", "inception", "radimagenet")
 _PLANE_AXIS = {"axial": 2, "coronal": 1, "sagittal": 0}  # the axis a plane's slices are taken along
-_GLCM_LEVELS = 16
-_HIST_BINS = 32
-
-
-def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets of shape (n, d).
-
-    d^2 = |mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a^1/2 S_b S_a^1/2)^1/2), S the unbiased covariance.
-    Exact for singular covariances, with no eps offset and no scipy.linalg.sqrtm (whose ``disp=`` argument
-    scipy 1.18 removed): see :func:`_trace_sqrt_product`.
-    """
-    a = np.asarray(features_a, dtype=np.float64)
-    b = np.asarray(features_b, dtype=np.float64)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"expected two (n, d) arrays with the same d, got {a.shape} and {b.shape}")
-    if len(a) < 2 or len(b) < 2:
-        raise ValueError(f"need at least 2 samples per set for a covariance, got {len(a)} and {len(b)}")
-    mean_diff = a.mean(axis=0) - b.mean(axis=0)
-    # Centred and scaled so that S = X^T X: (n, d)
-    x_a = (a - a.mean(axis=0)) / np.sqrt(len(a) - 1)
-    x_b = (b - b.mean(axis=0)) / np.sqrt(len(b) - 1)
-    trace_a, trace_b = (x_a**2).sum(), (x_b**2).sum()
-    distance = mean_diff @ mean_diff + trace_a + trace_b - 2.0 * _trace_sqrt_product(x_a, x_b)
-    return float(max(distance, 0.0))  # rounding can leave -1e-12 for identical sets
-
-
-def _trace_sqrt_product(x_a: np.ndarray, x_b: np.ndarray) -> float:
-    """tr((S_a^1/2 S_b S_a^1/2)^1/2) for S_a = x_a^T x_a, S_b = x_b^T x_b, in the smaller of two spaces.
-
-    S_a^1/2 S_b S_a^1/2 is positive semi-definite with the eigenvalues of S_a S_b, whose non-zero ones are
-    those of (x_a x_b^T)(x_a x_b^T)^T: the trace is the sum of singular values of the (n_a, n_b) matrix
-    x_a x_b^T -- exact and cheap when a set has fewer samples than dimensions (2048-d network features).
-    Otherwise the (d, d) route: S_a^1/2 from a symmetric eigendecomposition, tiny negative eigenvalues
-    that rounding leaves clipped to 0.
-    """
-    if min(len(x_a), len(x_b)) < x_a.shape[1]:
-        return float(np.linalg.svd(x_a @ x_b.T, compute_uv=False).sum())
-    eigval_a, eigvec_a = np.linalg.eigh(x_a.T @ x_a)
-    sqrt_a = (eigvec_a * np.sqrt(np.clip(eigval_a, 0.0, None))) @ eigvec_a.T
-    middle = sqrt_a @ (x_b.T @ x_b) @ sqrt_a
-    middle = (middle + middle.T) / 2  # symmetric in exact arithmetic
-    return float(np.sqrt(np.clip(np.linalg.eigvalsh(middle), 0.0, None)).sum())
 
 
 def plane_slices(
@@ -86,92 +50,6 @@ def plane_slices(
     stop = max(int((1.0 + central_fraction) / 2.0 * count), start + 1)
     picked = np.take(volume, np.arange(start, stop, slice_stride), axis=axis)
     return np.moveaxis(picked, axis, 0)  # (n, H, W)
-
-
-def _safe_ratio(numerator: np.ndarray, denominator: np.ndarray, fallback: float = 0.0) -> np.ndarray:
-    out = np.full(np.broadcast(numerator, denominator).shape, fallback, dtype=np.float64)
-    np.divide(numerator, denominator, out=out, where=denominator > 1e-12)
-    return out
-
-
-def _first_order(flat: np.ndarray) -> np.ndarray:
-    """Mean, std, 10/25/50/75/90th percentiles, skewness, excess kurtosis, histogram entropy: (n, 10)."""
-    n = len(flat)
-    mean = flat.mean(axis=1)
-    std = flat.std(axis=1)
-    centred = flat - mean[:, None]
-    skewness = _safe_ratio((centred**3).mean(axis=1), std**3)
-    kurtosis = _safe_ratio((centred**4).mean(axis=1), std**4, fallback=3.0) - 3.0
-    percentiles = np.percentile(flat, [10, 25, 50, 75, 90], axis=1).T
-    bins = np.minimum((flat * _HIST_BINS).astype(np.int64), _HIST_BINS - 1)
-    counts = np.bincount((bins + _HIST_BINS * np.arange(n)[:, None]).ravel(), minlength=n * _HIST_BINS)
-    p = counts.reshape(n, _HIST_BINS) / flat.shape[1]
-    entropy = -(p * np.log2(np.where(p > 0, p, 1.0))).sum(axis=1)
-    return np.column_stack([mean, std, percentiles, skewness, kurtosis, entropy])
-
-
-def _glcm_features(levels: np.ndarray, distance: int) -> np.ndarray:
-    """Contrast, homogeneity, energy, correlation of the symmetric co-occurrence matrix, mean of 4 directions.
-
-    ``levels``: (n, H, W) gray levels in [0, _GLCM_LEVELS). Returns (n, 4).
-    """
-    n, height, width = levels.shape
-    size = _GLCM_LEVELS
-    i, j = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
-    per_direction = []
-    for dy, dx in ((0, distance), (distance, 0), (distance, distance), (distance, -distance)):
-        if dy >= height or abs(dx) >= width:
-            continue
-        x0, x1 = max(0, -dx), width - max(0, dx)
-        first = levels[:, : height - dy, x0:x1]
-        second = levels[:, dy:, x0 + dx : x1 + dx]
-        codes = (np.arange(n)[:, None, None] * size + first) * size + second
-        glcm = np.bincount(codes.ravel(), minlength=n * size * size).reshape(n, size, size).astype(np.float64)
-        glcm = glcm + glcm.transpose(0, 2, 1)
-        glcm /= glcm.sum(axis=(1, 2), keepdims=True)
-        contrast = (glcm * (i - j) ** 2).sum(axis=(1, 2))
-        homogeneity = (glcm / (1.0 + (i - j) ** 2)).sum(axis=(1, 2))
-        energy = np.sqrt((glcm**2).sum(axis=(1, 2)))
-        mu = (glcm * i).sum(axis=(1, 2))  # equal for rows and columns: the matrix is symmetric
-        var = (glcm * (i - mu[:, None, None]) ** 2).sum(axis=(1, 2))
-        cov = (glcm * (i - mu[:, None, None]) * (j - mu[:, None, None])).sum(axis=(1, 2))
-        correlation = _safe_ratio(cov, var, fallback=1.0)  # a uniform slice correlates perfectly
-        per_direction.append(np.column_stack([contrast, homogeneity, energy, correlation]))
-    if not per_direction:
-        return np.zeros((n, 4))
-    return np.mean(per_direction, axis=0)
-
-
-def _lbp_histogram(slices: np.ndarray) -> np.ndarray:
-    """Rotation-invariant local binary pattern: share of pixels with k of 8 neighbours >= centre, k=0..8."""
-    n = len(slices)
-    centre = slices[:, 1:-1, 1:-1]
-    height, width = centre.shape[1:]
-    count = np.zeros(centre.shape, dtype=np.int64)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            if dy or dx:
-                count += slices[:, 1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width] >= centre
-    hist = np.bincount((count + 9 * np.arange(n)[:, None, None]).ravel(), minlength=9 * n).reshape(n, 9)
-    return hist / max(height * width, 1)
-
-
-def radiomics_features(slices: np.ndarray) -> np.ndarray:
-    """Radiomics-style hand-crafted features of 2D slices in [0, 1]: (n, H, W) -> (n, 30).
-
-    10 first-order intensity statistics, 4 co-occurrence texture features (16 gray levels) at distances 1
-    and 2, mean/std/90th percentile of the gradient magnitude, and a 9-bin local-binary-pattern histogram.
-    Slices need at least 3 voxels a side.
-    """
-    slices = np.clip(np.asarray(slices, dtype=np.float64), 0.0, 1.0)
-    n = len(slices)
-    first_order = _first_order(slices.reshape(n, -1))
-    levels = np.minimum((slices * _GLCM_LEVELS).astype(np.int64), _GLCM_LEVELS - 1)
-    texture = [_glcm_features(levels, d) for d in (1, 2)]
-    grad_y, grad_x = np.gradient(slices, axis=(1, 2))
-    magnitude = np.hypot(grad_y, grad_x).reshape(n, -1)
-    gradient = np.column_stack([magnitude.mean(1), magnitude.std(1), np.percentile(magnitude, 90, axis=1)])
-    return np.column_stack([first_order, *texture, gradient, _lbp_histogram(slices)])
 
 
 def _unit_range(volume: np.ndarray) -> np.ndarray:
@@ -406,91 +284,6 @@ def fid_25d(
 
         result.update(weights=str(weights_path), weights_sha256=sha256(weights_path))
     return result
-
-
-def _standardiser(real_features: np.ndarray, features: str) -> Any:
-    """FRD: standardise by the real set, so every feature counts in units of its real spread; FID: as is."""
-    if features != "frd":
-        return lambda x: x
-    centre = real_features.mean(axis=0)
-    spread = real_features.std(axis=0)
-    spread[spread < 1e-12] = 1.0
-    return lambda x: (x - centre) / spread
-
-
-class _RealGaussian:
-    """The real set's mean, trace and covariance square root, computed once for many Fréchet distances.
-
-    tr((S_a^1/2 S_b S_a^1/2)^1/2) with S_b = x_b^T x_b is the sum of singular values of x_b S_a^1/2: with
-    each fake volume's features projected once (``project``), a resample costs one Gram matrix of the
-    smaller side and its eigenvalues. Equal to :func:`frechet_distance` to ~1e-9 relative (the Gram
-    matrix squares the singular values).
-    """
-
-    def __init__(self, real_features: np.ndarray) -> None:
-        a = np.asarray(real_features, dtype=np.float64)
-        self.mean = a.mean(axis=0)
-        x_a = (a - self.mean) / np.sqrt(len(a) - 1)  # S_a = x_a^T x_a
-        self.trace = float((x_a**2).sum())
-        eigval, eigvec = np.linalg.eigh(x_a.T @ x_a)
-        self.sqrt_cov = (eigvec * np.sqrt(np.clip(eigval, 0.0, None))) @ eigvec.T  # (d, d)
-
-    def project(self, features: np.ndarray) -> np.ndarray:
-        """(n, d) features -> (n, d) features x S_a^1/2."""
-        return np.asarray(features, dtype=np.float64) @ self.sqrt_cov
-
-    def distance(self, fake_features: np.ndarray, projected: np.ndarray | None = None) -> float:
-        """Fréchet distance of (n_b, d) fake features to the real set (``projected``: their projection)."""
-        b = np.asarray(fake_features, dtype=np.float64)
-        g = self.project(b) if projected is None else projected
-        mean_diff = self.mean - b.mean(axis=0)
-        x_b = (b - b.mean(axis=0)) / np.sqrt(len(b) - 1)
-        g_b = (g - g.mean(axis=0)) / np.sqrt(len(b) - 1)  # x_b S_a^1/2: (n_b, d)
-        gram = g_b @ g_b.T if len(g_b) <= g_b.shape[1] else g_b.T @ g_b  # squared singular values
-        cross = np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0.0, None)).sum()
-        distance = mean_diff @ mean_diff + self.trace + (x_b**2).sum() - 2.0 * cross
-        return float(max(distance, 0.0))
-
-
-def bootstrap_interval(
-    real: SetFeatures, fake_volumes: dict[str, list[np.ndarray]], resamples: int, seed: int = 0
-) -> dict[str, Any]:
-    """Percentile bootstrap 95 % interval of the mean (over planes) Fréchet distance, over fake volumes.
-
-    Each resample draws as many fake volumes as there are, with replacement (a volume's slices stay
-    together), and recomputes the three plane distances against the fixed real set from features computed
-    once per volume and plane: no feature network runs again. The real set is not resampled.
-
-    Args:
-        real: the real set's features (the reference of every distance).
-        fake_volumes: plane -> one (n_slices, d) feature array per fake volume.
-        resamples: number of bootstrap resamples B (>= 1).
-        seed: draws the resamples (same seed, same interval).
-    """
-    n = len(fake_volumes[PLANES[0]])
-    draws = np.random.default_rng(seed).integers(0, n, size=(resamples, n))  # (B, n) volume indices
-    means = np.zeros(resamples)
-    for plane in PLANES:
-        scale = _standardiser(real.per_plane[plane], real.features)
-        reference = _RealGaussian(scale(real.per_plane[plane]))
-        volumes = [scale(v) for v in fake_volumes[plane]]
-        projected = [reference.project(v) for v in volumes]  # once per volume, not per resample
-        for b, picked in enumerate(draws):
-            fake_b = np.concatenate([volumes[i] for i in picked])
-            projected_b = np.concatenate([projected[i] for i in picked])
-            means[b] += reference.distance(fake_b, projected_b) / len(PLANES)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return {
-        "mean_low": float(low),
-        "mean_high": float(high),
-        "bootstrap": {
-            "resamples": resamples,
-            "seed": seed,
-            "method": "percentile bootstrap 95 % interval of the mean over planes; synthetic volumes "
-            "resampled with replacement, real set fixed. A resample repeats volumes, so it is less diverse "
-            "and its distance larger: the interval lies mostly above the point estimate",
-        },
-    }
 
 
 def _slice_features(slices: np.ndarray, net: Any, batch_size: int) -> np.ndarray:
