@@ -460,6 +460,15 @@ class Protocol:
         rows = ladder.ladder_rows(metrics)
         if "control" in metrics:
             verdict = ladder.conditioning_verdict(metrics["mask_to_image"], metrics["control"])
+            # how much the two masks of each control pair overlap: a perfect generator scores (a) on its own
+            # mask and about (a) x this on the other one, so (c) - (e) can be at most about (a) x (1 - this)
+            own = {c: (m2i_labels[c], p[1]) for c, p in pairs["control"].items()}
+            overlap = evaluate_cases(own, "multiclass")["mean"]["liver"]["dice"]
+            verdict["mask_overlap_liver"] = overlap
+            if overlap is not None:
+                verdict["text"] += (
+                    f" (The real masks of the control pairs themselves overlap with liver Dice {overlap:.2f}.)"
+                )
         else:
             verdict = {
                 "working": None,
