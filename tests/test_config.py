@@ -72,7 +72,7 @@ def test_paper_preset_trains_the_papers_epochs_and_can_run_every_ablation():
     assert total_steps(504, cfg.label_ldm.train) == 4000 * 63
     assert total_steps(504, cfg.controlnet.train) == 5000 * 63
     downsamples = len(cfg.image_vae.autoencoder["channels"]) - 1
-    for condition in ("label_latent", "label_downsampled", "label_fullres"):
+    for condition in ("label_latent", "label_downsampled", "label_fractions", "label_fullres"):
         stage = cfg.controlnet.model_copy(update={"condition": condition})
         assert embedding_channels(stage, downsamples)  # raises if the ablation could not be built
 

@@ -46,7 +46,7 @@ def experiment_run(tiny_run, tiny_prepared, tmp_path_factory):
 def test_experiment_skips_trained_stages_and_trains_the_ablation(experiment_run):
     run, output = experiment_run
     assert "[skip] train image-ldm" in output and "[step] train controlnet-label_latent" in output
-    for folder in ("controlnet-label_latent", "controlnet-label_downsampled"):
+    for folder in ("controlnet-label_latent", "controlnet-label_downsampled", "controlnet-label_fractions"):
         assert (run / folder / "model.safetensors").is_file()
 
 
@@ -74,6 +74,7 @@ def test_fidelity_diversity_memorization_and_table2(experiment_run):
         "label_fullres",
         "label_latent",
         "label_downsampled",
+        "label_fractions",
     }
     assert fidelity["best_condition"] in {r["condition"] for r in fidelity["rows"]}
     assert all(0 <= r["samples"] for r in fidelity["rows"])

@@ -539,3 +539,18 @@ def test_label_vae_dice_term_by_hand_and_refused_for_images():
     load_config("tiny", ["label_vae.dice_weight=1.0"])  # the label VAE takes it
     with pytest.raises(Exception, match="dice_weight"):
         load_config("tiny", ["image_vae.dice_weight=1.0"])
+
+
+def test_label_fractions_condition_keeps_a_one_voxel_vessel_as_a_share():
+    import torch
+
+    from foscu.generative.controlnet import make_condition
+
+    labels = torch.zeros(1, 8, 8, 4, dtype=torch.long)
+    labels[0, 1, :, :] = 2  # a one-voxel-thick sheet of class 2
+    frac = make_condition("label_fractions", labels, None, (4, 4, 2), 5)
+    nearest = make_condition("label_downsampled", labels, None, (4, 4, 2), 5)
+    assert frac.shape == (1, 5, 4, 4, 2)
+    assert torch.allclose(frac.sum(1), torch.ones(1, 4, 4, 2))  # shares of each latent voxel
+    assert torch.allclose(frac[0, 2, 0], torch.full((4, 2), 0.5))  # 1 of the 2 voxels along x is vessel
+    assert float(nearest[0, 2].sum()) == 0.0  # nearest resizing drops the sheet entirely
