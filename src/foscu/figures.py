@@ -40,9 +40,10 @@ def figure_ladder(ladder: dict[str, Any]) -> bytes:
     for i, row in enumerate(rows):
         values = [row[f"dice {c}"] if row[f"dice {c}"] is not None else 0.0 for c in CLASSES]
         xs = np.arange(len(CLASSES)) + (i - (len(rows) - 1) / 2) * width
-        ax.bar(
+        bars = ax.bar(
             xs, values, width, label=f"{row['description']} (n={row['n']})", color=colours.get(row["rung"])
         )
+        ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)  # a bar of height 0 still shows its value
     ax.set_xticks(np.arange(len(CLASSES)), [c.replace("_", " ") for c in CLASSES])
     ax.set_ylim(0, 1)
     ax.set_ylabel("Dice (real-only segmenter)")
