@@ -2,11 +2,13 @@
 
 Catches shape, divisibility and memory mistakes that the tiny sizes of the other tests cannot: every
 generative stage of the `paper` preset takes one training step through the real engine (``train_stage`` ->
-``fit``), one label -> image pair is sampled with 2 DDIM steps, and every segmentation architecture takes
-one step through ``train_segmenter``. Trimmed to fit CI: batch 1, one training case and no validation
-for the generative stages (one validation case for the segmenters, which need one), the autoencoders on
-64 x 64 x 32 patches (their ``patch_size``; encoding the latent caches and decoding the pair still run
-at 160 x 160 x 64).
+``fit``), one label -> image pair is sampled with 1 DDIM step (every network of the pair runs once; a
+second step repeats the same shapes), and every segmentation architecture takes one step through
+``train_segmenter``. Trimmed to fit CI: batch 1, one training case and no validation for the generative
+stages, the autoencoders on 64 x 64 x 32 patches (their ``patch_size``; encoding the latent caches and
+decoding the pair still run at 160 x 160 x 64), and the segmenters' end-of-training validation (one
+eval-mode forward of the whole ROI: 41 of ~170 s) run for DynUNet only, the one architecture whose
+eval-mode output differs from its training output (no deep-supervision heads).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def _one_step_overrides() -> list[str]:
         out += [f"{section}.train.epochs=1", f"{section}.train.batch_size=1"]
     out += [f"{s}.patch_size={PATCH}" for s in ("label_vae", "image_vae", "vqvae")]
     out += ["segmentation.train.steps=1", "segmentation.train.batch_size=1"]
-    return out + ["sample.steps=2", "sample.batch_size=1"]
+    return out + ["sample.steps=1", "sample.batch_size=1"]
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +71,16 @@ def _drop_resume_files(folder):
         path.unlink(missing_ok=True)
 
 
+class _NoValidation:
+    """Stands in for ``segmentation.train.Validator``: no forward pass, a constant ``val_dice``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def __call__(self, nets) -> dict[str, float]:
+        return {"val_dice": 0.0}
+
+
 def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
@@ -87,12 +99,33 @@ def test_an_empty_split_encodes_to_an_empty_latent_cache():
     assert mean.shape == sigma.shape and mean.shape[0] == 0 and mean.shape[2:] == (16, 16, 8)
 
 
+@pytest.mark.parametrize("preset", ["tiny", "demo"])
+@pytest.mark.parametrize("roi", [(32, 32, 16), (64, 64, 32), (36, 28, 12)])
+def test_the_latent_shape_without_encoding_equals_the_encoded_one(preset, roi):
+    """``_latent_shape`` (the encoder on the meta device) gives the shape a real encode of the ROI gives."""
+    import torch
+
+    from foscu.generative.autoencoders import build_autoencoder, build_vqvae, encode
+    from foscu.generative.stages import _latent_shape
+
+    cfg = load_config(preset)
+    for nets, channels in (
+        (build_autoencoder(cfg.label_vae, 5), 5),
+        (build_autoencoder(cfg.image_vae, 1), 1),
+        (build_vqvae(cfg.vqvae), 1),
+    ):
+        vae = nets["autoencoder"]
+        with torch.no_grad():
+            encoded = tuple(encode(vae.eval(), torch.zeros(1, channels, *roi))[0].shape[1:])
+        assert _latent_shape(vae, channels, roi) == encoded, (preset, roi, type(vae).__name__)
+
+
 @pytest.mark.slow
-def test_every_stage_a_pair_and_every_segmenter_at_the_paper_size(paper_data):
+def test_every_stage_a_pair_and_every_segmenter_at_the_paper_size(paper_data, monkeypatch):
     from foscu.generative.sampling import generate
     from foscu.generative.stages import train_stage
+    from foscu.segmentation import train as seg_train
     from foscu.segmentation.networks import ARCHS
-    from foscu.segmentation.train import train_segmenter
 
     cfg = load_config("paper", _one_step_overrides())
     run = paper_data / "run"
@@ -105,19 +138,25 @@ def test_every_stage_a_pair_and_every_segmenter_at_the_paper_size(paper_data):
     for vae in ("label-vae", "image-vae"):  # the preset's stated grid: 8 x 40 x 40 x 16
         info = yaml.safe_load((run / vae / "config.yaml").read_text())
         assert (info["latent_channels"], info["latent_shape"]) == (8, [40, 40, 16]), vae
-    # 2. one pair with 2 DDIM steps, decoded at the paper ROI
+    # 2. one pair with 1 DDIM step, decoded at the paper ROI
     out = paper_data / "samples"
-    generate(run, 1, out, "ddim", 2, cfg.seed, batch_size=1, progress=False)
+    generate(run, 1, out, "ddim", 1, cfg.seed, batch_size=1, progress=False)
+    assert yaml.safe_load((out / "samples.json").read_text())["steps"] == 1
     (image,) = (out / "imagesTr").glob("*_0000.nii.gz")
     (label,) = (out / "labelsTr").glob("*.nii.gz")
     assert read_nifti(image).array.shape == ROI
     labels = read_nifti(label, label=True).array
     assert labels.shape == ROI and set(np.unique(labels)) <= set(range(5))
-    # 3. every segmentation architecture: one step at the whole 160 x 160 x 64 ROI, multi-class
+    # 3. every segmentation architecture: one step at the whole 160 x 160 x 64 ROI, multi-class;
+    # the sliding-window validation at the whole ROI for DynUNet only (see the module docstring)
+    real_validator = seg_train.Validator
     for arch in ARCHS:
-        folder, fitted = train_segmenter(
+        monkeypatch.setattr(seg_train, "Validator", real_validator if arch == "dynunet" else _NoValidation)
+        folder, fitted = seg_train.train_segmenter(
             arch, "multiclass", cfg, paper_data / "segmentation", run, progress=False
         )
         assert fitted.steps == 1 and (folder / "model.safetensors").is_file(), arch
+        if arch == "dynunet":  # a real Dice of the validation case, per class
+            assert 0.0 <= fitted.last["val_dice"] <= 1.0 and "val_dice_liver" in fitted.last
         _drop_resume_files(folder)
     assert _peak_rss_gb() < PEAK_RSS_GB

@@ -175,9 +175,16 @@ def _divisible(roi: tuple[int, ...], factor: int, what: str, key: str) -> None:
 
 
 def _latent_shape(autoencoder: nn.Module, channels: int, roi: tuple[int, int, int]) -> tuple[int, ...]:
+    """(C, x, y, z) of the latent of one ROI: the encoder run on the meta device (shapes only, no arithmetic).
+
+    The same code path as a real encode, so the shape is exact for any ROI and network; encoding a zero
+    volume took ~10 s per paper VAE at 160 x 160 x 64 on one CPU thread.
+    """
+    import copy
+
+    shadow = copy.deepcopy(autoencoder).to("meta").eval()
     with torch.no_grad():
-        z, _ = autoencoders.encode(autoencoder.eval(), torch.zeros(1, channels, *roi))
-    autoencoder.train()
+        z, _ = autoencoders.encode(shadow, torch.zeros(1, channels, *roi, device="meta"))
     return tuple(z.shape[1:])
 
 
