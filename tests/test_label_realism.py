@@ -35,6 +35,8 @@ def test_features_by_hand():
     two = label_features(_liver_case(tumors=2, split_liver=True), spacing=(1.0, 1.0, 1.0))
     assert two["tumor_components"] == 2 and two["organ_components"] == 2
     assert two["organ_largest_share"] == pytest.approx(4000 / (4000 + 144))
+    liver_voxels = 4000 - 10 - 12 - 16  # the block less the vessels and two tumors drawn over it
+    assert two["liver_largest_share"] == pytest.approx(liver_voxels / (liver_voxels + 144))
 
 
 def test_vessels_away_from_the_liver_are_counted_outside():

@@ -4,7 +4,8 @@ Dice on pairs cannot see a label that is wrong in itself: a liver in three blobs
 missing, tumors everywhere. Each label volume is described by a few numbers a radiologist would check:
 
 - ``<class>_ml``: volume of each class in mL (spacing from the volume);
-- ``<class>_components``: connected components (26-connectivity) of each class;
+- ``<class>_components``: connected components (26-connectivity) of each class, and
+  ``liver_largest_share``: the share of the liver voxels in its largest component (1.0: one liver);
 - ``organ_components`` and ``organ_largest_share``: components of the whole organ (liver with its vessels and
   tumors) and the share of the organ in the largest one (1.0: one liver);
 - ``vessel_in_liver_share``: the share of portal and hepatic vein voxels inside or touching the organ's
@@ -47,7 +48,10 @@ def label_features(label: np.ndarray, spacing: Sequence[float]) -> dict[str, flo
     for name, value in FOREGROUND.items():
         mask = label == value
         out[f"{name}_ml"] = float(mask.sum()) * voxel_ml
-        out[f"{name}_components"] = float(_components(mask)[0])
+        n, sizes = _components(mask)
+        out[f"{name}_components"] = float(n)
+        if name == "liver":  # one liver, or blobs: the share of the liver voxels in its largest component
+            out["liver_largest_share"] = float(sizes.max() / sizes.sum()) if n else 0.0
     organ = label != LABELS["background"]
     n_organ, sizes = _components(organ)
     out["organ_components"] = float(n_organ)
