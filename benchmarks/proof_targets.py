@@ -113,7 +113,7 @@ def table_targets(table1: dict | None, table2: dict | None) -> list[dict[str, st
         rows.append(
             _row(
                 "Table I ordering Duo <= LDM w/ VAE < LDM w/ VQ-VAE",
-                o.get("sentence", str(o)),
+                o.get("text", str(o)),
                 o.get("holds"),
             )
         )
