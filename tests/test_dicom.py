@@ -299,7 +299,9 @@ def test_missing_or_empty_folder(tmp_path):
         convert_dicom(tmp_path / "empty", tmp_path / "out", progress=False)
     (tmp_path / "text").mkdir()
     (tmp_path / "text" / "a.txt").write_text("hello")
-    with pytest.raises(InputError, match="no DICOM image series found .1 file.s. skipped: 1 not a DICOM file"):
+    with pytest.raises(
+        InputError, match="no DICOM image series found .1 file.s. skipped: 1 not a DICOM file"
+    ):
         convert_dicom(tmp_path / "text", tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
 

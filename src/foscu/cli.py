@@ -100,7 +100,7 @@ def prepare(
             center,
             split,
             seed,
-            labels,
+            labels,  # type: ignore[arg-type]  # checked against the two values just above
             skip_invalid,
             label_map=label_map,  # type: ignore[arg-type]
         )

@@ -169,7 +169,9 @@ class DiffusionStage(GenerativeStage):
 class ControlNetStage(GenerativeStage):
     """ControlNet on the frozen image LDM (paper eq. 2), conditioned as ``condition`` says."""
 
-    condition: Literal["label_latent", "label_downsampled", "label_fractions", "label_fullres"] = "label_latent"
+    condition: Literal["label_latent", "label_downsampled", "label_fractions", "label_fullres"] = (
+        "label_latent"
+    )
     conditioning_embedding_num_channels: list[int] = Field(default_factory=lambda: [16, 32])
     class_weights: dict[str, float] | None = None  # e.g. {tumor: 100}, as MAISI weights small structures
     train: TrainConfig = Field(default_factory=TrainConfig)

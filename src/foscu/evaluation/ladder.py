@@ -50,7 +50,8 @@ def paired_difference(
     a: Mapping[str, float | None], b: Mapping[str, float | None], n_boot: int = 2000, seed: int = 0
 ) -> dict[str, float | int | None]:
     """Mean of a - b over cases where both are defined, with a bootstrap 95 % interval over cases."""
-    diffs = np.array([a[k] - b[k] for k in a if k in b and a[k] is not None and b[k] is not None])
+    pairs = [(a[k], b.get(k)) for k in a]
+    diffs = np.array([x - y for x, y in pairs if x is not None and y is not None])
     if len(diffs) == 0:
         return {"mean": None, "low": None, "high": None, "n": 0}
     rng = np.random.default_rng(seed)

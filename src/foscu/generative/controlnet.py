@@ -82,5 +82,6 @@ def make_condition(
     if condition == "label_downsampled":
         return F.interpolate(onehot, size=latent_shape, mode="nearest")
     if condition == "label_fractions":
-        return F.adaptive_avg_pool3d(onehot, latent_shape)  # (N, C, x, y, z), sums to 1 over C
+        x, y, z = latent_shape
+        return F.adaptive_avg_pool3d(onehot, (x, y, z))  # (N, C, x, y, z), sums to 1 over C
     return onehot

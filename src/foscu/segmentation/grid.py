@@ -327,5 +327,5 @@ def run_table2(
     out = run_folder / "evaluation"
     write_json_atomic(out / "table2.json", table)
     write_text_atomic(out / "table2.csv", table2_csv(rows))
-    write_text_atomic(out / "table2.md", table2_markdown(rows, table["note"]))
+    write_text_atomic(out / "table2.md", table2_markdown(rows, str(table["note"])))
     return table
