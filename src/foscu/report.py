@@ -286,11 +286,11 @@ def _test_items(prepared: Path) -> dict[str, tuple[Path, Path]]:
 
 BUDGET = {
     "demo": "This is the demo preset: about 15 minutes on 2 CPU cores, at 64x64x32 with tiny networks. It can "
-    "show that every step of the protocol runs, that the segmenter learns the phantom, that generated images "
-    "follow their masks (ladder rungs (c) against (e)) and that generated labels have a liver of about the "
-    "right size. It cannot show fine vessels or tumors in generated labels, FID-level image quality, or a "
-    "Table II gain beyond seed noise: those need the proof preset (docs/results/proof/ in the FOSCU "
-    "repository) or the paper preset on a GPU.",
+    "show that every step of the protocol runs, that the segmenter learns the phantom's liver, and whether "
+    "images generated from a mask follow it (ladder rungs (c) against (e)). It cannot show generated labels "
+    "that are anatomy (at this budget, and so far at the proof preset's, the label model draws whole-ROI "
+    "livers or fragments), vessels or tumors drawn in generated images, FID-level image quality, or a Table II "
+    "gain beyond seed noise: see docs/results/proof/ and docs/tuning.md in the FOSCU repository.",
 }
 
 
