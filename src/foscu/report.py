@@ -285,12 +285,12 @@ def _test_items(prepared: Path) -> dict[str, tuple[Path, Path]]:
 
 
 BUDGET = {
-    "demo": "This is the demo preset: about 15 minutes on 2 CPU cores, at 64x64x32 with tiny networks. It can "
-    "show that every step of the protocol runs, that the segmenter learns the phantom's liver, and whether "
-    "images generated from a mask follow it (ladder rungs (c) against (e)). It cannot show generated labels "
-    "that are anatomy (at this budget, and so far at the proof preset's, the label model draws whole-ROI "
-    "livers or fragments), vessels or tumors drawn in generated images, FID-level image quality, or a Table II "
-    "gain beyond seed noise: see docs/results/proof/ and docs/tuning.md in the FOSCU repository.",
+    "demo": "This is the demo preset: about 10 minutes on 2 CPU cores, at 64x64x32 with tiny networks. It can "
+    "show that every step of the protocol runs, that the segmenter learns the phantom's liver, whether images "
+    "generated from a mask follow it (ladder rungs (c) against (e)) and whether generated labels hold one "
+    "liver of a plausible size. It cannot show vessels and tumors in generated labels and images (the label "
+    "model draws few vessels and scatters small tumors), FID-level image quality, or a Table II gain beyond "
+    "seed noise: see docs/results/proof/ and docs/tuning.md in the FOSCU repository.",
 }
 
 
