@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 
-def _png(fig: Any) -> bytes:
+def png_bytes(fig: Any) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure is closed)."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -50,7 +51,7 @@ def figure_ladder(ladder: dict[str, Any]) -> bytes:
     ax.legend(fontsize=7, loc="upper right")
     ax.set_title("Fidelity ladder: where quality is lost", fontsize=10)
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def figure_label_realism(realism: dict[str, Any]) -> bytes:
@@ -77,7 +78,7 @@ def figure_label_realism(realism: dict[str, Any]) -> bytes:
     for ax in axes.ravel()[len(names) :]:
         ax.axis("off")
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def figure_mask_to_image(
@@ -117,4 +118,4 @@ def figure_mask_to_image(
             ax.imshow(rgb, interpolation="nearest")
             ax.set_title(f"{title} (z={z})", color="white", fontsize=9)
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 
 from foscu.errors import InputError
 from foscu.evaluation.ladder import CLASSES as LADDER_CLASSES
-from foscu.figures import figure_label_realism, figure_ladder, figure_mask_to_image
+from foscu.figures import figure_label_realism, figure_ladder, figure_mask_to_image, png_bytes
 from foscu.runs import atomic_path, write_text_atomic
 
 Table = list[dict[str, Any]]
@@ -63,15 +62,6 @@ def table_html(rows: Table, columns: list[str] | None = None) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, facecolor=fig.get_facecolor())
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
     for line in path.read_text().splitlines():
@@ -109,7 +99,7 @@ def figure_training_curves(run: Path) -> bytes | None:
     for ax in axes.ravel()[len(logs) :]:
         ax.axis("off")
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def _case_pairs(folder: Path) -> list[tuple[str, Path, Path | None]]:
@@ -132,7 +122,10 @@ def figure_views(folder: Path, n: int, title: str) -> list[tuple[str, bytes]]:
         image = read_nifti(img)
         label = read_nifti(lab, label=True).array if lab else None
         figures.append(
-            (f"{title}: {cid}", _png(tri_planar_figure(image.array, label, image.spacing, f"{title}: {cid}")))
+            (
+                f"{title}: {cid}",
+                png_bytes(tri_planar_figure(image.array, label, image.spacing, f"{title}: {cid}")),
+            )
         )
     return figures
 
@@ -175,7 +168,7 @@ def figure_real_vs_synthetic(real: Path, synthetic: Path) -> bytes | None:
             ax.imshow(rgb, interpolation="nearest")
             ax.set_title(f"{source}, {kind}" + (" + label" if overlay else ""), color="white", fontsize=9)
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def _load_json(path: Path) -> Any:
