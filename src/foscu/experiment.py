@@ -344,10 +344,10 @@ class Protocol:
 
     def _segmenter(self) -> Path:
         """The real-only multiclass segmenter of the Table II grid, trained here if the grid has not yet."""
-        from foscu.segmentation.train import train_segmenter
+        from foscu.segmentation.train import run_name, train_segmenter
 
         arch = self.cfg.segmentation.archs[0]
-        folder = self.run.seg(arch, "multiclass", "real")
+        folder = self.run.seg(run_name(arch, "multiclass", False))
         if not (folder / "metrics.json").is_file():
             resume = (folder / "train_state.pt").is_file()
             train_segmenter(

@@ -64,21 +64,65 @@ def atomic_folder(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+# the files every stage folder holds (DESIGN: "A run folder"); one origin for their names
+CONFIG = "config.yaml"  # what the stage was trained with: enough to rebuild its networks alone
+MODEL = "model.safetensors"  # the deliverable weights (best by the monitored score, else final; EMA)
+STATE = "train_state.pt"  # optimiser state of the last checkpoint (weights_only): a stopped run resumes
+METRICS = "metrics.json"  # written last: its presence means training finished
+
+
 class RunFolder:
-    """Every path inside a run folder (DESIGN.md: 'A run folder'); stages find each other only through it."""
+    """Every path inside a run folder (docs/design.md: "The run folder"); stages find each other only here.
+
+    A stage's name is its folder: ``label-vae``, ``controlnet``, ``controlnet-label_latent`` (an ablation),
+    ``seg/unet-multiclass-real`` (a segmentation run).
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
+    # ------------------------------------------------ one stage
     def stage(self, name: str) -> Path:
         return self.root / name
 
+    def config(self, name: str) -> Path:
+        return self.root / name / CONFIG
+
     def model(self, name: str) -> Path:
-        return self.root / name / "model.safetensors"
+        return self.root / name / MODEL
+
+    def state(self, name: str) -> Path:
+        return self.root / name / STATE
+
+    def metrics(self, name: str) -> Path:
+        return self.root / name / METRICS
 
     def is_trained(self, name: str) -> bool:
         """A stage is done when its training finished (metrics.json) and its model file exists."""
-        return (self.root / name / "metrics.json").is_file() and self.model(name).is_file()
+        return self.metrics(name).is_file() and self.model(name).is_file()
+
+    def is_stopped(self, name: str) -> bool:
+        """A stage that began and has not finished: it resumes from its checkpoint."""
+        return self.state(name).is_file() and not self.metrics(name).is_file()
+
+    def seg(self, name: str) -> Path:
+        """A segmentation run's folder, ``seg/<arch>-<task>-<real|real+synthetic>[-seed<k>]``."""
+        return self.root / "seg" / name
+
+    # ------------------------------------------------ the run as a whole
+    @property
+    def identity(self) -> Path:
+        """run.json: the prepared set (ROI, spacing, labels) every stage of the run was trained on."""
+        return self.root / "run.json"
+
+    @property
+    def run_config(self) -> Path:
+        """The config the run's stages were last trained with (``foscu sample`` reads its defaults)."""
+        return self.root / CONFIG
+
+    @property
+    def experiment_record(self) -> Path:
+        return self.root / "experiment.json"
 
     def latents(self, kind: str) -> Path:
         return self.root / "latents" / f"{kind}.safetensors"
@@ -87,9 +131,26 @@ class RunFolder:
     def samples(self) -> Path:
         return self.root / "samples"
 
+    def baseline(self, name: str) -> Path:
+        """Table I's other rows: ``image-ldm``, ``vqvae-ldm`` samples, ``vae-reconstruction``."""
+        return self.root / "baselines" / name
+
+    def ablation(self, condition: str) -> Path:
+        """Samples of the ControlNet trained on another ``condition`` (experiment.ablation)."""
+        return self.root / "ablation" / condition
+
+    def ladder(self, rung: str) -> Path:
+        """The fidelity ladder's images of one rung (``vae``, ``mask_to_image``, ``test_masks``)."""
+        return self.root / "ladder" / rung
+
     @property
     def evaluation(self) -> Path:
         return self.root / "evaluation"
 
-    def seg(self, arch: str, task: str, data: str) -> Path:
-        return self.root / "seg" / f"{arch}-{task}-{data}"
+    @property
+    def report_html(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def report_md(self) -> Path:
+        return self.root / "report.md"
