@@ -532,7 +532,7 @@ class Protocol:
         )
 
     def _table2(self) -> None:
-        from foscu.segmentation.grid import run_table2
+        from foscu.table2 import run_table2
 
         run_table2(self.cfg, self.data, self.run.root, self.run.samples)
 

@@ -9,7 +9,7 @@ from foscu.data.layout import write_dataset_json
 from foscu.data.prepare import prepare_dataset, read_prepared
 from foscu.errors import InputError
 from foscu.labels import labels_for_task
-from foscu.segmentation.grid import run_table2, seed_list, table2_csv, table2_markdown, table2_rows
+from foscu.table2 import run_table2, seed_list, table2_csv, table2_markdown, table2_rows
 
 
 def fake(dice, task="binary"):

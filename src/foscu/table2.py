@@ -18,6 +18,7 @@ import numpy as np
 
 from foscu.errors import InputError
 from foscu.labels import Task, labels_for_task
+from foscu.runs import RunFolder, write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from foscu.config import FoscuConfig
@@ -34,6 +35,45 @@ ARCH_NAMES = {
 }
 
 
+def _seg_stage(run: RunFolder, name: str) -> str:
+    """A segmentation run's stage name (``seg/<name>``), as RunFolder's metrics/is_stopped take it."""
+    return run.seg(name).relative_to(run.root).as_posix()
+
+
+def trained_segmenter(
+    cfg: FoscuConfig,
+    prepared_root: Path,
+    run_folder: Path,
+    arch: str,
+    task: Task,
+    synthetic_dir: Path | None = None,
+    seed: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """The folder of one segmentation run, trained here (or resumed) unless its training finished.
+
+    ``seed`` other than the config's trains into ``...-seed<k>/`` (train_segmenter's rule).
+    """
+    from foscu.segmentation.train import run_name, train_segmenter
+
+    run = RunFolder(run_folder)
+    name = run_name(arch, task, synthetic_dir is not None, None if seed is None or seed == cfg.seed else seed)
+    stage = _seg_stage(run, name)
+    if not run.metrics(stage).is_file():
+        train_segmenter(
+            arch,
+            task,
+            cfg,
+            prepared_root,
+            run_folder,
+            [synthetic_dir] if synthetic_dir is not None else None,
+            resume=run.is_stopped(stage),
+            progress=progress,
+            seed=seed,
+        )
+    return run.seg(name)
+
+
 def _cell(
     cfg: FoscuConfig,
     prepared_root: Path,
@@ -48,35 +88,21 @@ def _cell(
     import json
 
     from foscu.data.prepare import read_prepared
-    from foscu.engine.loop import STATE
     from foscu.evaluation.segmentation_metrics import evaluate_cases
     from foscu.segmentation.predict import predict_cases
-    from foscu.segmentation.train import run_name, train_segmenter
+    from foscu.segmentation.train import run_name
 
+    run = RunFolder(run_folder)
     name = run_name(arch, task, synthetic_dir is not None, None if seed == cfg.seed else seed)
-    folder = run_folder / "seg" / name
-    evaluation = run_folder / "evaluation" / "seg" / f"{name}.json"
-    if evaluation.is_file() and (folder / "metrics.json").is_file():
+    evaluation = run.evaluation / "seg" / f"{name}.json"
+    if evaluation.is_file() and run.metrics(_seg_stage(run, name)).is_file():
         return json.loads(evaluation.read_text())
-    if not (folder / "metrics.json").is_file():
-        synthetic = [synthetic_dir] if synthetic_dir is not None else None
-        train_segmenter(
-            arch,
-            task,
-            cfg,
-            prepared_root,
-            run_folder,
-            synthetic,
-            resume=(folder / STATE).is_file(),
-            progress=progress,
-            seed=seed,
-        )
+    folder = trained_segmenter(cfg, prepared_root, run_folder, arch, task, synthetic_dir, seed, progress)
     test = read_prepared(prepared_root).datalist["test"]
     if not test:
         raise InputError(Path(prepared_root) / "datalist.json", "test split is empty: Table II needs one")
-    predictions = folder / "predictions-test"
     images = {item["case_id"]: Path(item["image"]) for item in test}
-    written = predict_cases(folder, images, predictions, overwrite=True, progress=progress)
+    written = predict_cases(folder, images, folder / "predictions-test", overwrite=True, progress=progress)
     pairs = {item["case_id"]: (written[item["case_id"]], Path(item["label"])) for item in test}
     return evaluate_cases(pairs, task, evaluation)
 
@@ -289,7 +315,6 @@ def run_table2(
     ``archs``/``tasks`` default to the config's ``segmentation.archs``/``tasks``. Without ``synthetic_dir``
     only the real column is filled.
     """
-    from foscu.runs import write_json_atomic, write_text_atomic
     from foscu.segmentation.networks import ARCHS
 
     archs = list(archs or cfg.segmentation.archs)
@@ -324,7 +349,7 @@ def run_table2(
         "archs": archs,
         "tasks": tasks,
     }
-    out = run_folder / "evaluation"
+    out = RunFolder(run_folder).evaluation
     write_json_atomic(out / "table2.json", table)
     write_text_atomic(out / "table2.csv", table2_csv(rows))
     write_text_atomic(out / "table2.md", table2_markdown(rows, str(table["note"])))
