@@ -21,6 +21,7 @@ from scipy import ndimage
 
 from foscu.data.layout import image_path, label_path, write_dataset_json
 from foscu.data.nifti import write_nifti
+from foscu.data.phantom_shapes import ellipsoid, rasterise_segments, segments_tree, smooth_field
 from foscu.labels import BACKGROUND, HEPATIC_VEIN, LIVER, PORTAL_VEIN, TUMOR
 
 # Tissue intensities (arbitrary units, liver = 1.0) of a fat-suppressed T1 hepatobiliary phase.
@@ -53,112 +54,45 @@ class PhantomCase:
     n_tumors: int
 
 
-def _smooth_field(rng: np.random.Generator, shape: tuple[int, int, int], coarse: int) -> np.ndarray:
-    """Zero-mean, unit-variance smooth random field: Gaussian coefficients on a coarse lattice, blended by
-    separable Gaussian radial bases (three small matrix products; a cubic ``ndimage.zoom`` cost 6x more)."""
-    lattice = (coarse, coarse, max(2, coarse // 2 + 1))
-    coeffs = rng.standard_normal(lattice)
-    field = coeffs
-    for axis, (n, m) in enumerate(zip(shape, lattice, strict=False)):
-        centres = np.linspace(-0.15, 1.15, m)
-        position = (np.arange(n) + 0.5) / n
-        basis = np.exp(-0.5 * ((position[:, None] - centres[None, :]) / (1.3 / (m - 1))) ** 2)
-        basis /= np.sqrt((basis**2).sum(axis=1, keepdims=True))  # unit variance at every voxel
-        field = np.moveaxis(np.tensordot(basis, field, axes=(1, axis)), 0, axis)
-    return field.astype(np.float32)
+@dataclass(frozen=True)
+class _Grid:
+    """A case's sampling grid: voxel axes in mm (centred on the volume) and normalised coordinates in
+    [-1, 1] over the field of view, plain and smoothly warped (the warp is drawn per case)."""
+
+    shape: tuple[int, int, int]
+    spacing: np.ndarray
+    fov: np.ndarray
+    axes_mm: tuple[np.ndarray, np.ndarray, np.ndarray]
+    plain: tuple[np.ndarray, np.ndarray, np.ndarray]  # X, Y, Z (sparse)
+    warped: tuple[np.ndarray, np.ndarray, np.ndarray]  # Xw, Yw, Zw
 
 
-def _ellipsoid(x, y, z, center, radii) -> np.ndarray:
-    """Implicit ellipsoid: < 1 inside."""
-    return (
-        ((x - center[0]) / radii[0]) ** 2
-        + ((y - center[1]) / radii[1]) ** 2
-        + ((z - center[2]) / radii[2]) ** 2
-    )
-
-
-def _segments_tree(
-    rng: np.random.Generator,
-    start: np.ndarray,
-    direction: np.ndarray,
-    length: float,
-    radius: float,
-    depth: int,
-) -> list[tuple[np.ndarray, np.ndarray, float, float]]:
-    """A branching, tapering vessel tree: (p0, p1, r0, r1) segments in mm, children at random angles."""
-    segments = []
-    direction = direction / np.linalg.norm(direction)
-    end = start + direction * length
-    r_end = radius * 0.78
-    segments.append((start, end, radius, r_end))
-    if depth > 0 and r_end > 0.7:
-        n_children = 2 if depth > 1 else int(rng.integers(2, 4))
-        for _ in range(n_children):
-            jitter = rng.standard_normal(3)
-            jitter -= jitter.dot(direction) * direction
-            child_dir = direction + 0.65 * jitter / (np.linalg.norm(jitter) + 1e-6)
-            segments += _segments_tree(
-                rng, end, child_dir, length * rng.uniform(0.6, 0.8), r_end * rng.uniform(0.7, 0.85), depth - 1
-            )
-    return segments
-
-
-def _rasterise_segments(
-    segments, coords_mm: tuple[np.ndarray, np.ndarray, np.ndarray], spacing: np.ndarray, shape
-) -> np.ndarray:
-    """Boolean mask of voxels within the tapered radius of any segment (bounding-box local work only)."""
-    mask = np.zeros(shape, dtype=bool)
-    ax, ay, az = coords_mm
-    for p0, p1, r0, r1 in segments:
-        rmax = max(r0, r1)
-        lo = np.minimum(p0, p1) - rmax
-        hi = np.maximum(p0, p1) + rmax
-        i0 = np.clip(np.floor((lo - [ax[0], ay[0], az[0]]) / spacing).astype(int), 0, np.array(shape) - 1)
-        i1 = np.clip(np.ceil((hi - [ax[0], ay[0], az[0]]) / spacing).astype(int) + 1, 0, np.array(shape))
-        if np.any(i1 <= i0):
-            continue
-        px = ax[i0[0] : i1[0], None, None]
-        py = ay[None, i0[1] : i1[1], None]
-        pz = az[None, None, i0[2] : i1[2]]
-        d = p1 - p0
-        dd = float(d.dot(d)) + 1e-9
-        t = np.clip(((px - p0[0]) * d[0] + (py - p0[1]) * d[1] + (pz - p0[2]) * d[2]) / dd, 0.0, 1.0)
-        dist2 = (px - p0[0] - t * d[0]) ** 2 + (py - p0[1] - t * d[1]) ** 2 + (pz - p0[2] - t * d[2]) ** 2
-        r = r0 + (r1 - r0) * t
-        mask[i0[0] : i1[0], i0[1] : i1[1], i0[2] : i1[2]] |= dist2 <= r**2
-    return mask
-
-
-def generate_case(
-    case_index: int,
-    seed: int = 0,
-    shape: tuple[int, int, int] = (160, 160, 64),
-    spacing: tuple[float, float, float] = (1.5, 1.5, 3.0),
-) -> PhantomCase:
-    """Generate phantom case ``case_index`` of the set drawn with ``seed``.
-
-    The affine is RAS+ (nibabel's convention), millimetres centred on the volume: +x toward the patient's
-    right, +y anterior, +z superior, so the liver lies at world x > 0. The anatomy below is drawn with
-    +x toward the patient's left (liver at x < 0) and the arrays are flipped along x at the end, which puts
-    it where the RAS affine says. The field of view scales with ``shape * spacing``; anatomy is sized
-    relative to a 240 x 240 x 192 mm abdomen, so small test shapes keep every structure.
-    """
-    rng = np.random.default_rng([seed, case_index])
+def _grid(
+    rng: np.random.Generator, shape: tuple[int, int, int], spacing: tuple[float, float, float]
+) -> _Grid:
     shape = (int(shape[0]), int(shape[1]), int(shape[2]))
     spacing_arr = np.asarray(spacing, dtype=np.float64)
     fov = np.asarray(shape) * spacing_arr
     axes = [(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing_arr, strict=False)]
-    # normalised coordinates in [-1, 1] over the field of view, deformed smoothly per case
     u = [(a / (f / 2)).astype(np.float32) for a, f in zip(axes, fov, strict=False)]
     X, Y, Z = np.meshgrid(*u, indexing="ij", sparse=True)
     coarse = 5
     warp = 0.09
-    DX = warp * _smooth_field(rng, shape, coarse)
-    DY = warp * _smooth_field(rng, shape, coarse)
-    DZ = warp * _smooth_field(rng, shape, coarse)
-    Xw, Yw, Zw = X + DX, Y + DY, Z + DZ
+    DX = warp * smooth_field(rng, shape, coarse)
+    DY = warp * smooth_field(rng, shape, coarse)
+    DZ = warp * smooth_field(rng, shape, coarse)
+    return _Grid(shape, spacing_arr, fov, (axes[0], axes[1], axes[2]), (X, Y, Z), (X + DX, Y + DY, Z + DZ))
 
-    # 1. body outline, subcutaneous fat, muscle wall; constant through z with a gentle taper
+
+def _trunk(rng: np.random.Generator, g: _Grid) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+    """Body outline, subcutaneous fat, muscle wall, spine, paraspinal muscles and aorta.
+
+    Returns the image so far, the abdominal cavity, the spine's y and the spine/muscle/aorta mask (2D in
+    x, y) the liver must leave free.
+    """
+    X, Y, Z = g.plain
+    shape = g.shape
+    # body outline, subcutaneous fat, muscle wall; constant through z with a gentle taper
     body_a = rng.uniform(0.84, 0.94)
     body_b = rng.uniform(0.62, 0.72)
     body = ((X / body_a) ** 2 + ((Y + 0.05) / body_b) ** 2) * (1.0 - 0.04 * Z) < 1.0
@@ -175,7 +109,7 @@ def generate_case(
     image[inner] = INTENSITY["muscle"]
     image[cavity] = INTENSITY["bowel"]
 
-    # 2. spine (vertebral body + marrow) and paraspinal muscles, posterior midline
+    # spine (vertebral body + marrow) and paraspinal muscles, posterior midline
     spine_y = -body_b + fat_t + 0.17
     vert = ((X / 0.1) ** 2 + ((Y - spine_y) / 0.09) ** 2) < 1.0
     marrow = ((X / 0.075) ** 2 + ((Y - spine_y) / 0.065) ** 2) < 1.0
@@ -185,128 +119,175 @@ def generate_case(
     image[np.broadcast_to(marrow, shape)] = INTENSITY["marrow"]
     aorta = ((X - 0.05) / 0.045) ** 2 + ((Y - spine_y - 0.15) / 0.045) ** 2 < 1.0
     image[np.broadcast_to(aorta, shape)] = INTENSITY["aorta"]
+    return image, cavity, spine_y, vert | para | aorta
 
-    # 3. kidneys, spleen, stomach
+
+def _organs(rng: np.random.Generator, g: _Grid, image: np.ndarray, spine_y: float) -> None:
+    """Kidneys, spleen and stomach, painted into ``image``."""
+    Xw, Yw, Zw = g.warped
     kz = rng.uniform(-0.45, -0.2)
     for side, dz in ((-1, -0.08), (1, 0.0)):
-        k = _ellipsoid(Xw, Yw, Zw, (side * 0.33, spine_y + 0.08, kz + dz), (0.12, 0.09, 0.32)) < 1.0
+        k = ellipsoid(Xw, Yw, Zw, (side * 0.33, spine_y + 0.08, kz + dz), (0.12, 0.09, 0.32)) < 1.0
         image[k] = INTENSITY["kidney"]
-    spleen = _ellipsoid(Xw, Yw, Zw, (0.55, spine_y + 0.2, rng.uniform(0.1, 0.3)), (0.13, 0.2, 0.3)) < 1.0
+    spleen = ellipsoid(Xw, Yw, Zw, (0.55, spine_y + 0.2, rng.uniform(0.1, 0.3)), (0.13, 0.2, 0.3)) < 1.0
     image[spleen] = INTENSITY["spleen"]
     st_c = (0.28, rng.uniform(0.05, 0.2), rng.uniform(0.2, 0.4))
-    stomach = _ellipsoid(Xw, Yw, Zw, st_c, (0.2, 0.17, 0.25)) < 1.0
-    lumen = _ellipsoid(Xw, Yw, Zw, st_c, (0.16, 0.13, 0.21)) < 1.0
+    stomach = ellipsoid(Xw, Yw, Zw, st_c, (0.2, 0.17, 0.25)) < 1.0
+    lumen = ellipsoid(Xw, Yw, Zw, st_c, (0.16, 0.13, 0.21)) < 1.0
     image[stomach] = INTENSITY["stomach_wall"]
     image[lumen] = INTENSITY["stomach_content"]
 
-    # 4. liver: right lobe + tapering left lobe, randomly scaled and deformed (extra liver-local warp)
+
+def _liver(rng: np.random.Generator, g: _Grid, cavity: np.ndarray, solid: np.ndarray) -> np.ndarray:
+    """The liver mask: right lobe + tapering left lobe, randomly scaled and deformed (an extra liver-local
+    warp), inside the cavity and clear of ``solid`` (spine, paraspinal muscles, aorta)."""
+    Xw, Yw, Zw = g.warped
     scale = rng.uniform(0.88, 1.1, size=3)
-    lw = 0.1 * _smooth_field(rng, shape, 4)
+    lw = 0.1 * smooth_field(rng, g.shape, 4)
     rl_c = (-0.38 * scale[0], 0.0, 0.12)
-    right_lobe = _ellipsoid(Xw + lw, Yw, Zw, rl_c, (0.42 * scale[0], 0.42 * scale[1], 0.62 * scale[2]))
+    right_lobe = ellipsoid(Xw + lw, Yw, Zw, rl_c, (0.42 * scale[0], 0.42 * scale[1], 0.62 * scale[2]))
     # left lobe: flattened anterior wedge crossing the midline, thinner towards the patient's left
     taper = np.clip(1.0 - (Xw + 0.1) / 0.6, 0.25, 1.0)
-    left_lobe = _ellipsoid(Xw, Yw + lw, Zw, (0.02, 0.18, 0.28), (0.36 * scale[0], 0.2 * taper, 0.3 * taper))
+    left_lobe = ellipsoid(Xw, Yw + lw, Zw, (0.02, 0.18, 0.28), (0.36 * scale[0], 0.2 * taper, 0.3 * taper))
     # visceral surface: the kidney / gallbladder impression carves the posterior-inferior face, and the
     # inferior border rises from the right lobe's tip towards the left lobe
-    visceral = _ellipsoid(Xw, Yw, Zw, (-0.2 * scale[0], -0.32, -0.28), (0.3, 0.22, 0.38)) < 1.0
+    visceral = ellipsoid(Xw, Yw, Zw, (-0.2 * scale[0], -0.32, -0.28), (0.3, 0.22, 0.38)) < 1.0
     inferior = Zw > -0.55 * scale[2] + 0.55 * (Xw + 0.75)
     liver = ((right_lobe < 1.0) | (left_lobe < 1.0)) & ~visceral & inferior & cavity
-    liver &= ~np.broadcast_to(vert | para | aorta, shape)
+    liver &= ~np.broadcast_to(solid, g.shape)
+    return liver
 
-    label = np.zeros(shape, np.uint8)
-    label[liver] = LIVER
-    image[liver] = INTENSITY["liver"]
 
-    # 5. vessels (mm space): IVC runs up behind the liver; hepatic veins drain into it superiorly;
-    #    the portal vein enters at the hilum and branches to both lobes
-    half = fov / 2
-    to_mm = np.array([half[0], half[1], half[2]])
-    coords_mm = (axes[0], axes[1], axes[2])
-    ivc_xy = np.array([-0.12, spine_y + 0.17]) * to_mm[:2]
-    ivc = _rasterise_segments(
-        [(np.array([*ivc_xy, -half[2]]), np.array([*ivc_xy, half[2]]), 0.045 * to_mm[0], 0.05 * to_mm[0])],
-        coords_mm,
-        spacing_arr,
-        shape,
+def _vessels(
+    rng: np.random.Generator,
+    g: _Grid,
+    image: np.ndarray,
+    label: np.ndarray,
+    liver: np.ndarray,
+    spine_y: float,
+) -> None:
+    """Vessels in mm space, painted into ``image`` and ``label``: the IVC runs up behind the liver, hepatic
+    veins drain into it superiorly, the portal vein enters at the hilum and branches to both lobes."""
+    half = g.fov / 2
+    ivc_xy = np.array([-0.12, spine_y + 0.17]) * half[:2]
+    ivc_segment = (
+        np.array([*ivc_xy, -half[2]]),
+        np.array([*ivc_xy, half[2]]),
+        0.045 * half[0],
+        0.05 * half[0],
     )
+    ivc = rasterise_segments([ivc_segment], g.axes_mm, g.spacing, g.shape)
     image[ivc] = INTENSITY["ivc"]
     label[ivc] = BACKGROUND
-    r_main = 0.042 * to_mm[0]
+    r_main = 0.042 * half[0]
     hv_root = np.array([*ivc_xy, 0.45 * half[2]])
     hepatic_segments = []
     # right, middle and left hepatic veins fan out from the IVC under the dome, anteriorly and inferiorly
     for target in ((-0.8, 0.25, -0.3), (-0.25, 0.65, -0.3), (0.45, 0.55, -0.15)):
         direction = np.array(target) + rng.normal(0, 0.08, 3)
-        hepatic_segments += _segments_tree(
-            rng, hv_root, direction * to_mm, 0.36 * to_mm[0], r_main * rng.uniform(0.75, 0.9), depth=4
+        hepatic_segments += segments_tree(
+            rng, hv_root, direction * half, 0.36 * half[0], r_main * rng.uniform(0.75, 0.9), depth=4
         )
-    pv_root = np.array([-0.2, -0.02, -0.15]) * to_mm
-    portal_segments = [(pv_root - np.array([0, 0.12, 0.25]) * to_mm, pv_root, r_main * 1.2, r_main * 1.1)]
+    pv_root = np.array([-0.2, -0.02, -0.15]) * half
+    portal_segments = [(pv_root - np.array([0, 0.12, 0.25]) * half, pv_root, r_main * 1.2, r_main * 1.1)]
     for target in ((-0.8, 0.1, 0.25), (0.7, 0.5, 0.35)):  # right and left portal branches
         direction = np.array(target) + rng.normal(0, 0.08, 3)
-        portal_segments += _segments_tree(rng, pv_root, direction * to_mm, 0.34 * to_mm[0], r_main, depth=4)
+        portal_segments += segments_tree(rng, pv_root, direction * half, 0.34 * half[0], r_main, depth=4)
     hilum_reach = ndimage.binary_dilation(liver, iterations=2)
-    portal = _rasterise_segments(portal_segments, coords_mm, spacing_arr, shape)
-    hepatic = _rasterise_segments(hepatic_segments, coords_mm, spacing_arr, shape)
+    portal = rasterise_segments(portal_segments, g.axes_mm, g.spacing, g.shape)
+    hepatic = rasterise_segments(hepatic_segments, g.axes_mm, g.spacing, g.shape)
     portal_in = portal & hilum_reach
     hepatic_in = hepatic & hilum_reach & ~ivc
     image[portal_in | hepatic_in] = INTENSITY["vessel"]
     label[portal_in] = PORTAL_VEIN
     label[hepatic_in] = HEPATIC_VEIN
 
-    # 6. tumors: about half the cases none, else 1-3 of varied size, inside the liver
-    n_tumors = 0 if rng.random() < 0.5 else int(rng.integers(1, 4))
-    placed = 0
-    if n_tumors:
-        core = ndimage.binary_erosion(liver, iterations=2)
-        candidates = np.argwhere(core)
-        for _ in range(n_tumors):
-            if len(candidates) == 0:
-                break
-            c_vox = candidates[rng.integers(len(candidates))]
-            c_mm = np.array([coords_mm[i][c_vox[i]] for i in range(3)])
-            radius_mm = rng.uniform(5.0, 20.0) * min(1.0, fov[0] / 240.0 * 1.5)
-            radius_mm = max(radius_mm, 1.6 * spacing_arr.max())
-            radii = radius_mm * rng.uniform(0.8, 1.2, size=3)
-            tx, ty, tz = np.meshgrid(
-                *[a - c for a, c in zip(coords_mm, c_mm, strict=False)], indexing="ij", sparse=True
-            )
-            lobulation = 1.0 + 0.15 * np.sin(3 * np.arctan2(ty, tx) + rng.uniform(0, 6.28))
-            inside = (tx / radii[0]) ** 2 + (ty / radii[1]) ** 2 + (tz / radii[2]) ** 2 < lobulation**2
-            inside &= liver
-            if not inside.any():
-                continue
-            # hypointense with a heterogeneous, slightly darker core and a faint rim
-            depth = np.sqrt((tx / radii[0]) ** 2 + (ty / radii[1]) ** 2 + (tz / radii[2]) ** 2)
-            tumor_int = INTENSITY["tumor"] * (0.8 + 0.25 * np.clip(depth, 0, 1))
-            image[inside] = np.broadcast_to(tumor_int, shape)[inside]
-            label[inside] = TUMOR
-            placed += 1
 
-    # 7. tissue texture (multiplicative, low amplitude), partial-volume blur, bias field, Rician noise
-    texture = 1.0 + 0.04 * _smooth_field(rng, shape, 12)
+def _tumors(
+    rng: np.random.Generator, g: _Grid, image: np.ndarray, label: np.ndarray, liver: np.ndarray
+) -> int:
+    """About half the cases none, else 1-3 tumors of varied size inside the liver; returns how many landed."""
+    n_tumors = 0 if rng.random() < 0.5 else int(rng.integers(1, 4))
+    if not n_tumors:
+        return 0
+    placed = 0
+    candidates = np.argwhere(ndimage.binary_erosion(liver, iterations=2))
+    for _ in range(n_tumors):
+        if len(candidates) == 0:
+            break
+        c_vox = candidates[rng.integers(len(candidates))]
+        c_mm = np.array([g.axes_mm[i][c_vox[i]] for i in range(3)])
+        radius_mm = rng.uniform(5.0, 20.0) * min(1.0, g.fov[0] / 240.0 * 1.5)
+        radius_mm = max(radius_mm, 1.6 * g.spacing.max())
+        radii = radius_mm * rng.uniform(0.8, 1.2, size=3)
+        tx, ty, tz = np.meshgrid(
+            *[a - c for a, c in zip(g.axes_mm, c_mm, strict=False)], indexing="ij", sparse=True
+        )
+        lobulation = 1.0 + 0.15 * np.sin(3 * np.arctan2(ty, tx) + rng.uniform(0, 6.28))
+        inside = (tx / radii[0]) ** 2 + (ty / radii[1]) ** 2 + (tz / radii[2]) ** 2 < lobulation**2
+        inside &= liver
+        if not inside.any():
+            continue
+        # hypointense with a heterogeneous, slightly darker core and a faint rim
+        depth = np.sqrt((tx / radii[0]) ** 2 + (ty / radii[1]) ** 2 + (tz / radii[2]) ** 2)
+        tumor_int = INTENSITY["tumor"] * (0.8 + 0.25 * np.clip(depth, 0, 1))
+        image[inside] = np.broadcast_to(tumor_int, g.shape)[inside]
+        label[inside] = TUMOR
+        placed += 1
+    return placed
+
+
+def _acquire(rng: np.random.Generator, g: _Grid, image: np.ndarray) -> np.ndarray:
+    """Tissue texture (multiplicative, low amplitude), partial-volume blur, bias field, Rician noise."""
+    texture = 1.0 + 0.04 * smooth_field(rng, g.shape, 12)
     image *= texture
-    sigma_vox = 0.6 * np.array([1.0, 1.0, 1.0]) * (spacing_arr.min() / spacing_arr) + 0.25
+    sigma_vox = 0.6 * np.array([1.0, 1.0, 1.0]) * (g.spacing.min() / g.spacing) + 0.25
     image = ndimage.gaussian_filter(image, sigma=sigma_vox)
-    bias = np.exp(0.18 * _smooth_field(rng, shape, 3))
+    bias = np.exp(0.18 * smooth_field(rng, g.shape, 3))
     image *= bias
     noise_sigma = rng.uniform(0.02, 0.04)
-    n1 = rng.standard_normal(shape, dtype=np.float32) * noise_sigma
-    n2 = rng.standard_normal(shape, dtype=np.float32) * noise_sigma
+    n1 = rng.standard_normal(g.shape, dtype=np.float32) * noise_sigma
+    n2 = rng.standard_normal(g.shape, dtype=np.float32) * noise_sigma
     image = np.sqrt((image + n1) ** 2 + n2**2)
-    image = (image * 1000.0).astype(np.float32)  # scanner-like units
+    return (image * 1000.0).astype(np.float32)  # scanner-like units
 
-    # 8. drawn with +x toward the patient's left; flip x so that voxel index i sits at world x = axes[0][i]
-    #    of the RAS+ affine (axes are symmetric about 0: the flip mirrors x -> -x)
+
+def generate_case(
+    case_index: int,
+    seed: int = 0,
+    shape: tuple[int, int, int] = (160, 160, 64),
+    spacing: tuple[float, float, float] = (1.5, 1.5, 3.0),
+) -> PhantomCase:
+    """Generate phantom case ``case_index`` of the set drawn with ``seed``.
+
+    The affine is RAS+ (nibabel's convention), millimetres centred on the volume: +x toward the patient's
+    right, +y anterior, +z superior, so the liver lies at world x > 0. The anatomy below is drawn with
+    +x toward the patient's left (liver at x < 0) and the arrays are flipped along x at the end, which puts
+    it where the RAS affine says. The field of view scales with ``shape * spacing``; anatomy is sized
+    relative to a 240 x 240 x 192 mm abdomen, so small test shapes keep every structure.
+    """
+    rng = np.random.default_rng([seed, case_index])  # one stream, drawn in the order of the steps below
+    g = _grid(rng, shape, spacing)
+    image, cavity, spine_y, solid = _trunk(rng, g)
+    _organs(rng, g, image, spine_y)
+    liver = _liver(rng, g, cavity, solid)
+    label = np.zeros(g.shape, np.uint8)
+    label[liver] = LIVER
+    image[liver] = INTENSITY["liver"]
+    _vessels(rng, g, image, label, liver, spine_y)
+    placed = _tumors(rng, g, image, label, liver)
+    image = _acquire(rng, g, image)
+    # drawn with +x toward the patient's left; flip x so that voxel index i sits at world x = axes_mm[0][i]
+    # of the RAS+ affine (the axes are symmetric about 0: the flip mirrors x -> -x)
     image = np.ascontiguousarray(image[::-1])
     label = np.ascontiguousarray(label[::-1])
-    affine = np.diag([*spacing_arr, 1.0])
-    affine[:3, 3] = [float(a[0]) for a in axes]
+    affine = np.diag([*g.spacing, 1.0])
+    affine[:3, 3] = [float(a[0]) for a in g.axes_mm]
     return PhantomCase(image=image, label=label, affine=affine, n_tumors=placed)
 
 
 def case_id(case_index: int) -> str:
+    """The case id of phantom ``case_index``: ``phantom_0007``."""
     return f"phantom_{case_index:04d}"
 
 
