@@ -11,6 +11,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from foscu.config import TrainConfig
+from foscu.engine import distributed
+from foscu.engine.loop import LossFn, Recipe, fit
 
 
 class ToySet(Dataset):
@@ -43,17 +45,19 @@ def slow_loss(nets: dict[str, nn.Module], batch: dict) -> dict[str, torch.Tensor
     return toy_loss(nets, batch)
 
 
+def recipe(loss: LossFn = toy_loss, n: int = 12, **kw) -> Recipe:
+    """The toy stage as the engine takes it: fresh networks, ``loss`` and ``n`` cases."""
+    return Recipe(build(), loss, ToySet(n), ["net"], **kw)
+
+
 def cfg(**kw) -> TrainConfig:
     base = dict(lr=1e-2, batch_size=4, steps=12, checkpoint_every=3, val_every=3, amp="none", ema_decay=0.9)
     return TrainConfig(**{**base, **kw})
 
 
-if __name__ == "__main__":  # python engine_toy.py FOLDER STEPS [slow] (also under torchrun)
-    from foscu.engine import distributed
-    from foscu.engine.loop import fit
-
+if __name__ == "__main__":  # python engine_toy.py FOLDER STEPS [slow] [resume] (also under torchrun)
     distributed.setup()
     folder, steps = Path(sys.argv[1]), int(sys.argv[2])
     loss = slow_loss if "slow" in sys.argv[3:] else toy_loss
     resume = "resume" in sys.argv[3:]
-    fit(folder, build(), loss, ToySet(), cfg(steps=steps), trainable=["net"], progress=False, resume=resume)
+    fit(folder, recipe(loss), cfg(steps=steps), progress=False, resume=resume)

@@ -22,7 +22,7 @@ from foscu.engine.loop import StepBatches, fit
 from foscu.errors import InputError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from engine_toy import ToySet, build, cfg, toy_loss  # noqa: E402
+from engine_toy import ToySet, build, cfg, recipe, toy_loss  # noqa: E402
 
 TESTS = Path(__file__).parent
 
@@ -32,15 +32,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_fit_learns_and_writes_its_files(tmp_path):
-    result = fit(
-        tmp_path,
-        build(),
-        toy_loss,
-        ToySet(),
-        cfg(steps=60, ema_decay=None),
-        trainable=["net"],
-        progress=False,
-    )
+    result = fit(tmp_path, recipe(), cfg(steps=60, ema_decay=None), progress=False)
     assert result.steps == 60
     names = {p.name for p in tmp_path.iterdir()}
     assert {"model.safetensors", "train_state.pt", "metrics.jsonl", "metrics.json"} <= names
@@ -60,7 +52,7 @@ def test_batches_are_a_pure_function_of_the_step():
 
 
 def test_resume_after_a_crash_ends_exactly_where_an_uninterrupted_run_ends(tmp_path):
-    fit(tmp_path / "straight", build(), toy_loss, ToySet(), cfg(), trainable=["net"], progress=False)
+    fit(tmp_path / "straight", recipe(), cfg(), progress=False)
 
     calls = {"n": 0}
 
@@ -71,11 +63,11 @@ def test_resume_after_a_crash_ends_exactly_where_an_uninterrupted_run_ends(tmp_p
         return toy_loss(nets, batch)
 
     with pytest.raises(RuntimeError, match="power cut"):
-        fit(tmp_path / "cut", build(), crashing, ToySet(), cfg(), trainable=["net"], progress=False)
+        fit(tmp_path / "cut", recipe(crashing), cfg(), progress=False)
     assert load_state(tmp_path / "cut" / "train_state.pt")["step"] == 6
     with pytest.raises(InputError, match="--resume"):
-        fit(tmp_path / "cut", build(), toy_loss, ToySet(), cfg(), trainable=["net"], progress=False)
-    fit(tmp_path / "cut", build(), toy_loss, ToySet(), cfg(), trainable=["net"], progress=False, resume=True)
+        fit(tmp_path / "cut", recipe(), cfg(), progress=False)
+    fit(tmp_path / "cut", recipe(), cfg(), progress=False, resume=True)
     a, b = (
         _weights(tmp_path / "straight" / "model.safetensors"),
         _weights(tmp_path / "cut" / "model.safetensors"),
@@ -89,7 +81,7 @@ def test_resume_after_a_crash_ends_exactly_where_an_uninterrupted_run_ends(tmp_p
 
 def test_resume_without_a_checkpoint_is_refused(tmp_path):
     with pytest.raises(InputError, match="nothing to resume"):
-        fit(tmp_path, build(), toy_loss, ToySet(), cfg(), trainable=["net"], progress=False, resume=True)
+        fit(tmp_path, recipe(), cfg(), progress=False, resume=True)
 
 
 def test_sigkill_mid_training_resumes_from_the_last_checkpoint(tmp_path):
@@ -127,20 +119,11 @@ class _Payload:
 
 def test_hostile_pickles_are_refused_and_never_run(tmp_path):
     _Payload.marker = tmp_path / "pwned"
-    fit(tmp_path / "run", build(), toy_loss, ToySet(), cfg(steps=3), trainable=["net"], progress=False)
+    fit(tmp_path / "run", recipe(), cfg(steps=3), progress=False)
     with open(tmp_path / "run" / "train_state.pt", "wb") as handle:
         pickle.dump({"step": _Payload()}, handle)
     with pytest.raises(InputError, match="refused"):
-        fit(
-            tmp_path / "run",
-            build(),
-            toy_loss,
-            ToySet(),
-            cfg(steps=6),
-            trainable=["net"],
-            progress=False,
-            resume=True,
-        )
+        fit(tmp_path / "run", recipe(), cfg(steps=6), progress=False, resume=True)
     torch.save({"net.0.weight": _Payload()}, tmp_path / "model.safetensors")  # a pickle under a safe name
     with pytest.raises(InputError, match="safetensors"):
         load_weights(tmp_path / "model.safetensors", build())
@@ -168,18 +151,8 @@ def test_early_stopping_counts_epochs_and_keeps_the_best_weights(tmp_path, cases
     def validate(nets):
         return {"val_dice": next(scores)}
 
-    result = fit(
-        tmp_path,
-        build(),
-        toy_loss,
-        ToySet(cases),
-        cfg(steps=60, val_every=2, patience=1),
-        trainable=["net"],
-        validate=validate,
-        monitor="val_dice",
-        mode="max",
-        progress=False,
-    )
+    toy = recipe(n=cases, validate=validate, monitor="val_dice", mode="max")
+    result = fit(tmp_path, toy, cfg(steps=60, val_every=2, patience=1), progress=False)
     assert result.stopped_early and result.steps == stop and result.best == {"val_dice": 0.7}
     assert read_weights(tmp_path / "model.safetensors")[1]["step"] == 4
 
@@ -190,9 +163,7 @@ def test_train_step_is_the_step_fit_takes(tmp_path):
 
     from foscu.engine.loop import TrainStep, _mix
 
-    fit(
-        tmp_path, build(), toy_loss, ToySet(), cfg(steps=3, ema_decay=None), trainable=["net"], progress=False
-    )
+    fit(tmp_path, recipe(), cfg(steps=3, ema_decay=None), progress=False)
     nets = build()
     step = TrainStep(nets, toy_loss, cfg(), torch.device("cpu"), ["net"])
     batches = StepBatches(12, 4, seed=0, rank=0, world=1, start=0, total=3)
@@ -226,7 +197,12 @@ def test_two_process_torchrun_on_cpu(tmp_path):
 
 def test_epochs_count_passes_over_the_training_set(tmp_path):
     # 12 cases, batch 4: 3 steps an epoch; 2 epochs = 6 steps whatever `steps` says
-    result = fit(
-        tmp_path, build(), toy_loss, ToySet(), cfg(steps=100, epochs=2), trainable=["net"], progress=False
-    )
+    result = fit(tmp_path, recipe(), cfg(steps=100, epochs=2), progress=False)
     assert result.steps == 6
+
+
+def test_recipe_metadata_goes_into_the_weight_files(tmp_path):
+    fit(tmp_path, recipe(metadata={"scale_factor": 0.25}), cfg(steps=3), progress=False)
+    assert read_weights(tmp_path / "model.safetensors")[1] == {"scale_factor": 0.25, "step": 3}
+    (checkpoint,) = tmp_path.glob("checkpoint-*.safetensors")
+    assert read_weights(checkpoint)[1] == {"scale_factor": 0.25}

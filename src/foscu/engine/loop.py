@@ -1,15 +1,15 @@
 """THE training loop: every stage (autoencoders, diffusion, ControlNet, segmentation) trains through ``fit``.
 
-A stage supplies its networks, a pure ``loss_fn(nets, batch) -> {"loss": ..., ...}``, a dataset and
-optionally a ``validate(nets) -> {name: value}``. The loop owns AdamW, autocast, gradient clipping, EMA,
-DDP, checkpoints (safetensors + weights_only state), exact resume, metrics.jsonl/TensorBoard, the progress
-bar and early stopping (``train.patience`` epochs without improvement of ``monitor``). ``TrainStep`` is the
-one optimiser step, which the benchmarks time too.
+A stage hands ``fit`` a ``Recipe``: its networks, a pure ``loss_fn(nets, batch) -> {"loss": ..., ...}``, a
+dataset and optionally a ``validate(nets) -> {name: value}``. The loop owns AdamW, autocast, gradient
+clipping, EMA, DDP, checkpoints (safetensors weights + a weights_only state), exact resume,
+metrics.jsonl/TensorBoard, the progress bar and early stopping (``train.patience`` epochs without
+improvement of ``monitor``). ``TrainStep`` is the one optimiser step, which the benchmarks time too.
 
-Exact resume: the batch at step s is a pure function of (seed, s) — the epoch permutation is seeded by the
-epoch, and each item receives an ``item_seed`` for its augmentation — and the global RNG is reseeded at every
-step, so a run killed at step k and resumed from its checkpoint ends with the same weights as one never
-interrupted (given the same checkpoint step).
+Exact resume: the batch at step s is a pure function of (seed, s) -- the epoch permutation is seeded by the
+epoch, and each item receives an ``item_seed`` for its augmentation -- and the global RNG is reseeded from
+(seed, step, rank) before every step, so a run killed after its checkpoint at step k and resumed from it
+ends with the same weights as one never interrupted. No RNG state is saved: none is needed.
 """
 
 from __future__ import annotations
@@ -31,14 +31,28 @@ from foscu.engine import distributed
 from foscu.engine.checkpoint import load_state, load_weights, plain, save_state, save_weights
 from foscu.engine.tracking import MetricsLog, progress_bar
 from foscu.errors import InputError
-from foscu.runs import write_json_atomic
+from foscu.runs import METRICS, MODEL, STATE, write_json_atomic
 
 LossFn = Callable[[dict[str, nn.Module], dict[str, Any]], dict[str, torch.Tensor]]
 ValidateFn = Callable[[dict[str, nn.Module]], dict[str, float]]
 
 CHECKPOINT = "checkpoint-{step:07d}.safetensors"  # the state file names the one it belongs to
-STATE = "train_state.pt"
-MODEL = "model.safetensors"
+CHECKPOINTS = "checkpoint-*.safetensors"
+
+
+@dataclass
+class Recipe:
+    """What a stage hands the engine: its networks, pure loss, data, validation and what it records."""
+
+    nets: dict[str, nn.Module]
+    loss_fn: LossFn
+    train_set: Dataset
+    trainable: list[str]
+    validate: ValidateFn | None = None
+    monitor: str | None = None  # validate()'s key that picks the best weights and stops early
+    mode: Literal["min", "max"] = "min"
+    info: dict[str, Any] = field(default_factory=dict)  # what the stage's config.yaml records
+    metadata: dict[str, Any] = field(default_factory=dict)  # goes into the weight files
 
 
 @dataclass
@@ -71,17 +85,15 @@ class StepBatches:
             raise ValueError("empty training set")
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.rank, self.world, self.start, self.total = rank, world, start, total
-        shard = math.ceil(n / world)
-        self.per_epoch = max(1, shard // batch_size)
+        self.per_epoch = max(1, math.ceil(n / world) // batch_size)
 
     def __len__(self) -> int:
         return self.total - self.start
 
     def batch(self, step: int) -> list[tuple[int, int]]:
         epoch, offset = divmod(step, self.per_epoch)
-        perm = torch.randperm(
-            self.n, generator=torch.Generator().manual_seed(_mix(self.seed, epoch))
-        ).tolist()
+        generator = torch.Generator().manual_seed(_mix(self.seed, epoch))
+        perm = torch.randperm(self.n, generator=generator).tolist()
         shard = perm[self.rank :: self.world] or perm
         picks = [shard[(offset * self.batch_size + j) % len(shard)] for j in range(self.batch_size)]
         return [(i, _mix(self.seed, epoch, i)) for i in picks]
@@ -125,7 +137,7 @@ def _better(value: float, best: float | None, mode: str) -> bool:
 
 class TrainStep:
     """One optimiser step exactly as ``fit`` takes it: autocast forward, finite-loss check, (scaled) backward,
-    gradient clipping, AdamW, the adversary's step, EMA. Benchmarks time this same object."""
+    gradient clipping, AdamW, EMA. Benchmarks time this same object."""
 
     def __init__(
         self,
@@ -134,7 +146,6 @@ class TrainStep:
         cfg: TrainConfig,
         device: torch.device,
         trainable: Sequence[str],
-        adversary: Sequence[str] = (),
         train_nets: dict[str, nn.Module] | None = None,
         ema: dict[str, nn.Module] | None = None,
         name: str = "",
@@ -144,13 +155,6 @@ class TrainStep:
         self.params = [p for n in trainable for p in nets[n].parameters()]
         # AdamW (paper: "the AdamW optimizer from PyTorch"), mixed precision on GPU only
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.opt_adv = (
-            torch.optim.AdamW(
-                [p for n in adversary for p in nets[n].parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay
-            )
-            if adversary
-            else None
-        )
         self.device_type = device.type
         self.use_amp = device.type == "cuda" and cfg.amp != "none"
         self.amp_dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
@@ -174,10 +178,6 @@ class TrainStep:
             self.scaler.unscale_(self.opt)
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.scaler.step(self.opt)
-        if self.opt_adv is not None and "adversary_loss" in losses:
-            self.opt_adv.zero_grad(set_to_none=True)
-            self.scaler.scale(losses["adversary_loss"]).backward()
-            self.scaler.step(self.opt_adv)
         self.scaler.update()
         for name, ema_net in self.ema.items():
             _ema_update(ema_net, self.nets[name], self.cfg.ema_decay or 0.0)
@@ -201,186 +201,197 @@ def train_loader(
     return loader, sampler
 
 
-def fit(
-    folder: Path,
-    nets: dict[str, nn.Module],
-    loss_fn: LossFn,
-    train_set: Dataset,
-    cfg: TrainConfig,
-    *,
-    trainable: Sequence[str],
-    adversary: Sequence[str] = (),
-    validate: ValidateFn | None = None,
-    monitor: str | None = None,
-    mode: Literal["min", "max"] = "min",
-    seed: int = 0,
-    resume: bool = False,
-    description: str = "",
-    metadata: dict[str, Any] | None = None,
-    progress: bool = True,
-) -> FitResult:
-    """Train ``nets[trainable]`` (and ``nets[adversary]`` on ``loss["adversary_loss"]``) for ``cfg.steps``.
+class _Training:
+    """One ``fit`` run, one method per part: set-up, resume, the step, validation (best weights, early
+    stopping), checkpoint and the closing files."""
 
-    Writes into ``folder``: checkpoint.safetensors + train_state.pt every ``cfg.checkpoint_every`` steps,
-    model.safetensors (the best weights by ``monitor`` if given, else the final — EMA where configured),
-    metrics.jsonl, TensorBoard events and metrics.json at the end. ``metadata`` goes into the weight files.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    dist = distributed.current()
-    device = dist.device
-    start_time = time.perf_counter()
-    if (folder / STATE).is_file() and not resume:
-        raise InputError(
-            folder, "an earlier run stopped here: pass --resume to continue it, or remove the folder"
-        )
-    if resume and not (folder / STATE).is_file():
-        raise InputError(folder, f"nothing to resume: no {STATE} (train without --resume)")
+    def __init__(self, folder: Path, recipe: Recipe, cfg: TrainConfig, seed: int, resume: bool) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.recipe, self.cfg, self.seed = folder, recipe, cfg, seed
+        self.dist = distributed.current()
+        self.started = time.perf_counter()
+        if (folder / STATE).is_file() and not resume:
+            raise InputError(
+                folder, "an earlier run stopped here: pass --resume to continue it, or remove the folder"
+            )
+        if resume and not (folder / STATE).is_file():
+            raise InputError(folder, f"nothing to resume: no {STATE} (train without --resume)")
+        self._set_up_nets()
+        self.stepper = TrainStep(
+            recipe.nets, recipe.loss_fn, cfg, self.dist.device, recipe.trainable,
+            self.train_nets, self.ema, folder.name,
+        )  # fmt: skip
+        self.step, self.best_step = 0, 0
+        self.best: float | None = None
+        self.last_val: dict[str, float] = {}
+        if resume:
+            self._resume()
+        self.log = MetricsLog(folder, resume_step=self.step, enabled=self.dist.is_main)
+        self.total = total_steps(len(recipe.train_set), cfg, self.dist.world_size)  # type: ignore[arg-type]
+        self.loader, sampler = train_loader(recipe.train_set, cfg, seed, self.step, self.total)
+        # early stopping counts epochs (passes over the training split, paper II-C), not validations, so a
+        # larger training set (real + synthetic) gets as many epochs without improvement as the real one
+        self.patience_steps = None if cfg.patience is None else cfg.patience * sampler.per_epoch
+        self.loss_sums: dict[str, float] = {}  # summed over the steps since the last log
+        self.loss_steps = 0
+        self.stopped_early = False
+        self.step_start, self.loop_started = self.step, time.perf_counter()
 
-    # 1. networks: trainable ones in train mode (DDP-wrapped under torchrun), the rest frozen
-    for name, net in nets.items():
-        net.to(device)
-        learn = name in trainable or name in adversary
-        net.train(learn)
-        net.requires_grad_(learn)
-    ema = {n: copy.deepcopy(nets[n]).eval().requires_grad_(False) for n in trainable} if cfg.ema_decay else {}
-    train_nets = dict(nets)
-    if dist.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+    def _set_up_nets(self) -> None:
+        """Trainable networks to the device in train mode (DDP-wrapped under torchrun), the rest frozen;
+        EMA copies of the trainable ones where configured."""
+        nets, trainable, device = self.recipe.nets, self.recipe.trainable, self.dist.device
+        for name, net in nets.items():
+            net.to(device)
+            net.train(name in trainable)
+            net.requires_grad_(name in trainable)
+        self.ema: dict[str, nn.Module] = {}
+        if self.cfg.ema_decay:
+            self.ema = {n: copy.deepcopy(nets[n]).eval().requires_grad_(False) for n in trainable}
+        self.train_nets = dict(nets)
+        if self.dist.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
 
-        ids = [device.index] if device.type == "cuda" else None
-        for name in (*trainable, *adversary):
-            train_nets[name] = DDP(nets[name], device_ids=ids)
+            ids = [device.index] if device.type == "cuda" else None
+            for name in trainable:
+                self.train_nets[name] = DDP(nets[name], device_ids=ids)
 
-    # 2. the step: AdamW, autocast, clipping, adversary, EMA
-    take_step = TrainStep(nets, loss_fn, cfg, device, trainable, adversary, train_nets, ema, folder.name)
-    opt, opt_adv, scaler = take_step.opt, take_step.opt_adv, take_step.scaler
+    def _checkpoint_nets(self) -> dict[str, nn.Module]:
+        return {**self.recipe.nets, **{f"ema_{n}": m for n, m in self.ema.items()}}
 
-    # 3. resume: weights, EMA, optimisers, step, best score
-    step, best, best_step, last_val = 0, None, 0, {}
-    if resume:
-        state = load_state(folder / STATE)
-        load_weights(folder / str(state["checkpoint"]), {**nets, **{f"ema_{n}": m for n, m in ema.items()}})
-        opt.load_state_dict(state["optimizer"])
-        if opt_adv is not None and "adversary_optimizer" in state:
-            opt_adv.load_state_dict(state["adversary_optimizer"])
-        if "scaler" in state and scaler.is_enabled():
-            scaler.load_state_dict(state["scaler"])
-        step, best = int(state["step"]), state.get("best")
-        best_step = int(state.get("best_step", step))
-        if state.get("seed") != seed:
-            raise InputError(folder / STATE, f"was trained with seed {state.get('seed')}, not {seed}")
-    log = MetricsLog(folder, resume_step=step, enabled=dist.is_main)
+    def _resume(self) -> None:
+        """Weights, EMA, optimiser and loss-scaler state, step and best score from the last checkpoint."""
+        state = load_state(self.folder / STATE)
+        load_weights(self.folder / str(state["checkpoint"]), self._checkpoint_nets())
+        self.stepper.opt.load_state_dict(state["optimizer"])
+        if "scaler" in state and self.stepper.scaler.is_enabled():
+            self.stepper.scaler.load_state_dict(state["scaler"])
+        self.step, self.best = int(state["step"]), state.get("best")
+        self.best_step = int(state.get("best_step", self.step))
+        if state.get("seed") != self.seed:
+            raise InputError(
+                self.folder / STATE, f"was trained with seed {state.get('seed')}, not {self.seed}"
+            )
 
-    def deliverable() -> dict[str, nn.Module]:
-        return {n: ema.get(n, plain(nets[n])) for n in trainable}
+    def take_step(self, batch: Any) -> float:
+        """One optimiser step; the global RNG is a function of (seed, step, rank), so resume is exact."""
+        torch.manual_seed(_mix(self.seed, self.step, self.dist.rank, 7))
+        losses = self.stepper(_to(batch, self.dist.device), self.step)
+        self.step += 1
+        for key, value in losses.items():
+            self.loss_sums[key] = self.loss_sums.get(key, 0.0) + float(value.detach())
+        self.loss_steps += 1
+        return float(losses["loss"].detach())
 
-    def checkpoint() -> None:
-        if dist.is_main:
-            # weights first under a new name, then the state naming them, then the old weights go:
-            # a kill at any point leaves a state whose checkpoint file is whole
-            weights = CHECKPOINT.format(step=step)
-            save_weights(folder / weights, {**nets, **{f"ema_{n}": m for n, m in ema.items()}}, metadata)
+    def deliverable(self) -> dict[str, nn.Module]:
+        """The trainable networks as they are delivered: their EMA where there is one."""
+        return {n: self.ema.get(n, plain(self.recipe.nets[n])) for n in self.recipe.trainable}
+
+    def log_and_validate(self) -> None:
+        """Log the mean losses and the validation; keep the best weights; stop after ``patience`` epochs
+        without improvement."""
+        means = {k: v / self.loss_steps for k, v in self.loss_sums.items()}
+        self.loss_sums, self.loss_steps = {}, 0
+        values = distributed.all_mean(means, self.dist.device)
+        elapsed = time.perf_counter() - self.loop_started
+        values["steps_per_s"] = (self.step - self.step_start) / max(elapsed, 1e-9)
+        self.last_val = self._validate()
+        values.update(self.last_val)
+        self.log.log(self.step, values)
+        monitor = self.recipe.monitor
+        if monitor is None:
+            return
+        if monitor not in self.last_val:
+            raise KeyError(f"validate() returned no {monitor!r}")
+        if _better(self.last_val[monitor], self.best, self.recipe.mode):
+            self.best, self.best_step = self.last_val[monitor], self.step
+            if self.dist.is_main:
+                meta = {**self.recipe.metadata, "step": self.step, monitor: self.best}
+                save_weights(self.folder / MODEL, self.deliverable(), meta)
+        elif self.patience_steps is not None and self.step - self.best_step >= self.patience_steps:
+            self.stopped_early = True
+
+    def _validate(self) -> dict[str, float]:
+        if self.recipe.validate is None:
+            return {}
+        nets = self.recipe.nets
+        eval_nets = {**{n: plain(m) for n, m in nets.items()}, **self.deliverable()}
+        for net in eval_nets.values():
+            net.eval()
+        with torch.no_grad(), self.stepper.autocast():
+            values = self.recipe.validate(eval_nets)
+        for name in self.recipe.trainable:
+            nets[name].train()
+        return {k: float(v) for k, v in values.items()}
+
+    def checkpoint(self) -> None:
+        """Weights first under a new name, then the state naming them, then the old weights go: a kill at
+        any point leaves a state whose checkpoint file is whole."""
+        if self.dist.is_main:
+            weights = CHECKPOINT.format(step=self.step)
+            save_weights(self.folder / weights, self._checkpoint_nets(), self.recipe.metadata)
             state = {
-                "step": step,
-                "seed": seed,
-                "best": best,
-                "best_step": best_step,
+                "step": self.step,
+                "seed": self.seed,
+                "best": self.best,
+                "best_step": self.best_step,
                 "checkpoint": weights,
-                "optimizer": opt.state_dict(),
+                "optimizer": self.stepper.opt.state_dict(),
             }
-            if opt_adv is not None:
-                state["adversary_optimizer"] = opt_adv.state_dict()
-            if scaler.is_enabled():
-                state["scaler"] = scaler.state_dict()
-            save_state(folder / STATE, state)
-            for old in folder.glob("checkpoint-*.safetensors"):
+            if self.stepper.scaler.is_enabled():
+                state["scaler"] = self.stepper.scaler.state_dict()
+            save_state(self.folder / STATE, state)
+            for old in self.folder.glob(CHECKPOINTS):
                 if old.name != weights:
                     old.unlink()
         distributed.barrier()
 
-    def run_validation() -> dict[str, float]:
-        if validate is None:
-            return {}
-        eval_nets = {**{n: plain(m) for n, m in nets.items()}, **deliverable()}
-        for net in eval_nets.values():
-            net.eval()
-        with torch.no_grad(), take_step.autocast():
-            values = validate(eval_nets)
-        for name in (*trainable, *adversary):
-            nets[name].train()
-        return {k: float(v) for k, v in values.items()}
+    def finish(self) -> FitResult:
+        """The final weights unless validation kept the best ones, then metrics.json (written last)."""
+        monitor = self.recipe.monitor
+        if self.dist.is_main and (monitor is None or not (self.folder / MODEL).is_file()):
+            save_weights(self.folder / MODEL, self.deliverable(), {**self.recipe.metadata, "step": self.step})
+        self.log.close()
+        seconds = time.perf_counter() - self.started
+        best: dict[str, float] = {monitor: self.best} if monitor and self.best is not None else {}
+        result = FitResult(self.step, seconds, best, self.last_val, self.stopped_early)
+        if self.dist.is_main:
+            rate = round((self.step - self.step_start) / max(seconds, 1e-9), 3)
+            summary: dict[str, Any] = {"steps": self.step, "seconds": round(seconds, 2), "steps_per_s": rate}
+            summary.update(best=best, last=self.last_val, stopped_early=self.stopped_early, monitor=monitor)
+            write_json_atomic(self.folder / METRICS, summary)
+        distributed.barrier()
+        return result
 
-    n_cases = len(train_set)  # type: ignore[arg-type]  # every FOSCU dataset is sized
-    total = total_steps(n_cases, cfg, dist.world_size)
-    loader, sampler = train_loader(train_set, cfg, seed, step, total)
-    # early stopping counts epochs (passes over the training split, paper II-C), not validations, so a
-    # larger training set (real + synthetic) gets as many epochs without improvement as the real one
-    patience_steps = None if cfg.patience is None else cfg.patience * sampler.per_epoch
-    running: dict[str, float] = {}
-    stopped_early = False
-    step_start, t0 = step, time.perf_counter()
-    with progress_bar(description or folder.name, total, enabled=progress and dist.is_main) as advance:
-        advance(step)
-        for batch in loader:
-            # 4. one step: the RNG is a function of (seed, step, rank), so resume is exact
-            torch.manual_seed(_mix(seed, step, dist.rank, 7))
-            losses = take_step(_to(batch, device), step)
-            loss = losses["loss"]
-            step += 1
-            for key, value in losses.items():
-                running[key] = running.get(key, 0.0) + float(value.detach())
-            running["_n"] = running.get("_n", 0.0) + 1
-            advance(1, loss=float(loss.detach()))
 
-            # 5. log, validate, keep the best, stop early, checkpoint
-            last_step = step == total
-            if step % cfg.val_every == 0 or last_step:
-                n = running.pop("_n")
-                values = distributed.all_mean({k: v / n for k, v in running.items()}, device)
-                running = {}
-                elapsed = time.perf_counter() - t0
-                values["steps_per_s"] = (step - step_start) / max(elapsed, 1e-9)
-                last_val = run_validation()
-                values.update(last_val)
-                log.log(step, values)
-                if monitor is not None:
-                    if monitor not in last_val:
-                        raise KeyError(f"validate() returned no {monitor!r}")
-                    if _better(last_val[monitor], best, mode):
-                        best, best_step = last_val[monitor], step
-                        if dist.is_main:
-                            save_weights(
-                                folder / MODEL,
-                                deliverable(),
-                                {**(metadata or {}), "step": step, monitor: best},
-                            )
-                    elif patience_steps is not None and step - best_step >= patience_steps:
-                        stopped_early = True
-            if step % cfg.checkpoint_every == 0 or last_step or stopped_early:
-                checkpoint()
-            if stopped_early:
+def fit(
+    folder: Path,
+    recipe: Recipe,
+    cfg: TrainConfig,
+    *,
+    seed: int = 0,
+    resume: bool = False,
+    description: str = "",
+    progress: bool = True,
+) -> FitResult:
+    """Train ``recipe.nets[recipe.trainable]`` for ``cfg.steps`` (or ``cfg.epochs``), resumably.
+
+    Writes into ``folder``: checkpoint-<step>.safetensors + train_state.pt every ``cfg.checkpoint_every``
+    steps, model.safetensors (the best weights by ``recipe.monitor`` if given, else the final; EMA where
+    configured), metrics.jsonl and TensorBoard events every ``cfg.val_every`` steps, metrics.json at the end.
+    ``recipe.metadata`` goes into the weight files.
+    """
+    run = _Training(Path(folder), recipe, cfg, seed, resume)
+    show = progress and run.dist.is_main
+    with progress_bar(description or run.folder.name, run.total, enabled=show) as advance:
+        advance(run.step)
+        for batch in run.loader:
+            advance(1, loss=run.take_step(batch))
+            last_step = run.step == run.total
+            if run.step % cfg.val_every == 0 or last_step:
+                run.log_and_validate()
+            if run.step % cfg.checkpoint_every == 0 or last_step or run.stopped_early:
+                run.checkpoint()
+            if run.stopped_early:
                 break
-
-    if dist.is_main and (monitor is None or not (folder / MODEL).is_file()):
-        save_weights(folder / MODEL, deliverable(), {**(metadata or {}), "step": step})
-    log.close()
-    seconds = time.perf_counter() - start_time
-    result = FitResult(
-        step, seconds, {monitor: best} if monitor and best is not None else {}, last_val, stopped_early
-    )
-    if dist.is_main:
-        write_json_atomic(
-            folder / "metrics.json",
-            {
-                "steps": step,
-                "seconds": round(seconds, 2),
-                "steps_per_s": round((step - step_start) / max(seconds, 1e-9), 3),
-                "best": result.best,
-                "last": last_val,
-                "stopped_early": stopped_early,
-                "monitor": monitor,
-            },
-        )
-    distributed.barrier()
-    return result
+    return run.finish()
