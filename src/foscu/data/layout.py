@@ -32,6 +32,15 @@ def label_path(root: Path, case_id: str, split: str = "Tr") -> Path:
     return Path(root) / f"labels{split}" / f"{case_id}{FILE_ENDING}"
 
 
+def case_entry(case_id: str) -> dict[str, str]:
+    """A case as a MONAI datalist item: its id and image/label paths relative to the set's root."""
+    return {
+        "case_id": case_id,
+        "image": image_path(Path(), case_id).as_posix(),
+        "label": label_path(Path(), case_id).as_posix(),
+    }
+
+
 def write_dataset_json(
     root: Path, name: str, num_training: int, labels: dict[str, int] | None = None, **extra: object
 ) -> None:

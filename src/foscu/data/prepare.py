@@ -13,18 +13,24 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from scipy import ndimage
 
-from foscu.data.layout import Case, image_path, label_path, list_cases, read_dataset_json, write_dataset_json
+from foscu.data.layout import (
+    Case,
+    case_entry,
+    image_path,
+    label_path,
+    list_cases,
+    read_dataset_json,
+    write_dataset_json,
+)
 from foscu.data.nifti import Volume, read_nifti, write_nifti
 from foscu.errors import InputError
-from foscu.labels import LABELS, LIVER, LIVER_ONLY_LABELS, TUMOR
+from foscu.labels import LABELS, LIVER, TUMOR, Task, check_task, labels_for_task, liver_only
 from foscu.runs import atomic_folder, write_json_atomic
 
-Center = Literal["tumor", "liver"]
 SPLITS = ("training", "validation", "test")
 
 
@@ -37,10 +43,6 @@ class PreparedSet:
     spacing: tuple[float, float, float]
     labels: dict[str, int]
     datalist: dict[str, list[dict[str, str]]] = field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.labels)
 
 
 def split_counts(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
@@ -133,13 +135,13 @@ def minmax(image: np.ndarray) -> tuple[np.ndarray, str | None]:
 def label_lookup(
     raw_labels: dict[str, int],
     source: Path,
-    mapping: Literal["multiclass", "binary"],
+    mapping: Task,
     rename: dict[str, str] | None = None,
 ) -> np.ndarray:
-    """A lookup table raw label value -> FOSCU label value, matched by name (dataset.json).
+    """A lookup table raw label value -> FOSCU label value (-1: not a label), matched by name (dataset.json).
 
-    ``rename`` (from ``--map`` rules) maps foreign names onto FOSCU names; with it, unnamed labels become
-    background instead of being refused.
+    ``mapping`` "binary" maps every foreground structure to liver. ``rename`` (from ``--map`` rules) maps
+    foreign names onto FOSCU names; with it, unnamed labels become background instead of being refused.
     """
     if rename is not None:
         named = {value: rename.get(name, "background") for name, value in raw_labels.items()}
@@ -151,8 +153,26 @@ def label_lookup(
     size = max(named) + 1
     table = np.full(size, -1, dtype=np.int16)
     for value, name in named.items():
-        table[value] = LABELS[name] if mapping == "multiclass" else int(LABELS[name] != 0)
-    return table
+        table[value] = LABELS[name]
+    return table if mapping == "multiclass" else _liver_only_table(table)
+
+
+def _liver_only_table(table: np.ndarray) -> np.ndarray:
+    """A lookup table with every foreground value mapped to liver; -1 (not a label) stays."""
+    out = table.copy()
+    known = table >= 0
+    out[known] = liver_only(table[known])
+    return out
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    """What every case of a set is prepared with."""
+
+    table: np.ndarray  # raw label value -> written label value (-1: refused)
+    center_table: np.ndarray  # raw label value -> the label map the ROI centre is found on
+    roi: tuple[int, int, int]
+    centers: dict[str, tuple[float, float, float]] | None  # from a CSV; None: found on the label
 
 
 def _load_pair(case: Case, table: np.ndarray) -> tuple[Volume, np.ndarray]:
@@ -173,24 +193,18 @@ def _load_pair(case: Case, table: np.ndarray) -> tuple[Volume, np.ndarray]:
     return image, label_vol.array
 
 
-def _prepare_case(
-    case: Case,
-    table: np.ndarray,
-    multiclass_table: np.ndarray,
-    roi: tuple[int, int, int],
-    centers: dict[str, tuple[float, float, float]] | None,
-    out: Path,
-) -> dict:
-    image, raw_label = _load_pair(case, table)
-    label = table[raw_label].astype(np.uint8)
-    if centers is not None:
-        if case.case_id not in centers:
+def _prepare_case(case: Case, recipe: _Recipe, out: Path) -> dict:
+    """Crop, scale and map one case into ``out``; returns its preparation.json record."""
+    image, raw_label = _load_pair(case, recipe.table)
+    label = recipe.table[raw_label].astype(np.uint8)
+    if recipe.centers is not None:
+        if case.case_id not in recipe.centers:
             raise InputError(case.image, "case has no row in the centre CSV")
-        center, center_source = centers[case.case_id], "csv"
+        center, center_source = recipe.centers[case.case_id], "csv"
     else:
         # the lesion is found on the full label map even for the liver-only mapping
-        center, center_source = lesion_center(multiclass_table[raw_label])
-    box = crop_box(center, roi)
+        center, center_source = lesion_center(recipe.center_table[raw_label])
+    box = crop_box(center, recipe.roi)
     warnings: list[str] = []
     if any(a < 0 or b > n for (a, b), n in zip(box, image.array.shape, strict=False)):
         warnings.append("ROI leaves the volume: padded")
@@ -214,6 +228,71 @@ def _prepare_case(
     }
 
 
+def _prepare_cases(
+    cases: list[Case], recipe: _Recipe, out: Path, skip_invalid: bool, progress: bool
+) -> tuple[dict[str, dict], dict[str, str]]:
+    """Prepare every case into ``out``: (records of the prepared cases, case id -> why it was skipped)."""
+    from foscu.engine.tracking import progress_bar
+
+    records: dict[str, dict] = {}
+    skipped: dict[str, str] = {}
+    with progress_bar("prepare", total=len(cases), enabled=progress) as advance:
+        for case in cases:
+            try:
+                records[case.case_id] = _prepare_case(case, recipe, out)
+            except InputError as err:
+                if not skip_invalid:
+                    raise
+                skipped[case.case_id] = str(err)
+            advance()
+    return records, skipped
+
+
+def _recipe(
+    raw: Path, raw_labels: dict[str, int], task: Task, rename: dict[str, str] | None, center: str, roi: tuple
+) -> _Recipe:
+    """The label tables and ROI centres of ``prepare_dataset``'s arguments (refusing bad ones)."""
+    table = label_lookup(raw_labels, raw / "dataset.json", task, rename)
+    center_table = label_lookup(raw_labels, raw / "dataset.json", "multiclass", rename)
+    if center == "liver":
+        center_table = _liver_only_table(center_table)
+    centers = None if center in ("tumor", "liver") else read_centers_csv(Path(center))
+    return _Recipe(table, center_table, tuple(roi), centers)  # type: ignore[arg-type]
+
+
+def _label_map_record(rules: list[str], rename: dict[str, str], raw_labels: dict[str, int]) -> dict:
+    return {
+        "rules": list(rules),
+        "mapping": rename,
+        "unmapped_to_background": sorted(set(raw_labels) - set(rename)),
+    }
+
+
+def _write_set(
+    out: Path,
+    meta: dict,
+    raw: Path,
+    task: Task,
+    settings: dict,
+    records: dict[str, dict],
+    skipped: dict[str, str],
+    splits: dict[str, list[str]],
+) -> dict:
+    """dataset.json, datalist.json and preparation.json of a prepared set; returns preparation.json."""
+    name = f"{meta.get('name', raw.name)} (prepared)"
+    write_dataset_json(out, name, len(records), labels=labels_for_task(task), foscu_prepare=settings)
+    write_json_atomic(out / "datalist.json", {k: [case_entry(c) for c in ids] for k, ids in splits.items()})
+    record = {
+        "settings": settings,
+        "label_import": meta.get("foscu_import"),
+        "cases": records,
+        "skipped": skipped,
+        "counts": {k: len(v) for k, v in splits.items()},
+    }
+    write_json_atomic(out / "preparation.json", record)
+    return record
+
+
 def prepare_dataset(
     raw: Path,
     out: Path,
@@ -221,7 +300,7 @@ def prepare_dataset(
     center: str = "tumor",
     split: tuple[float, float, float] = (0.7, 0.1, 0.2),
     seed: int = 0,
-    labels: Literal["multiclass", "binary"] = "multiclass",
+    labels: Task = "multiclass",
     skip_invalid: bool = False,
     progress: bool = True,
     label_map: list[str] | None = None,
@@ -236,43 +315,21 @@ def prepare_dataset(
             unnamed labels become background (``foscu.data.label_import.resolve_rules``).
     """
     from foscu.data.label_import import resolve_rules
-    from foscu.engine.tracking import progress_bar
 
     raw, out = Path(raw), Path(out)
-    if labels not in ("multiclass", "binary"):
-        raise InputError("labels", f"expected 'multiclass' or 'binary', got {labels!r}")
+    task = check_task(labels, "labels")
     if min(roi) < 1:
         raise InputError("--roi", f"every axis must be >= 1, got {roi}")
     meta = read_dataset_json(raw)
     raw_labels = {str(k): int(v) for k, v in meta["labels"].items()}
     rename = resolve_rules(raw_labels, label_map) if label_map else None
-    table = label_lookup(raw_labels, raw / "dataset.json", labels, rename)
-    multiclass_table = label_lookup(raw_labels, raw / "dataset.json", "multiclass", rename)
-    if center == "liver":
-        multiclass_table = np.where(multiclass_table > 0, LIVER, 0).astype(np.int16)
-    centers = None if center in ("tumor", "liver") else read_centers_csv(Path(center))
+    recipe = _recipe(raw, raw_labels, task, rename, center, roi)
     cases = list_cases(raw)
-    records: dict[str, dict] = {}
-    skipped: dict[str, str] = {}
-    with atomic_folder(out) as tmp, progress_bar("prepare", total=len(cases), enabled=progress) as advance:
-        for case in cases:
-            try:
-                records[case.case_id] = _prepare_case(case, table, multiclass_table, roi, centers, tmp)
-            except InputError as err:
-                if not skip_invalid:
-                    raise
-                skipped[case.case_id] = str(err)
-            advance()
+    with atomic_folder(out) as tmp:
+        records, skipped = _prepare_cases(cases, recipe, tmp, skip_invalid, progress)
         if not records:
             raise InputError(raw, "no valid case to prepare")
         splits = split_patients(list(records), split, seed)
-        datalist = {
-            name: [
-                {"case_id": cid, "image": f"imagesTr/{cid}_0000.nii.gz", "label": f"labelsTr/{cid}.nii.gz"}
-                for cid in ids
-            ]
-            for name, ids in splits.items()
-        }
         spacing = read_nifti(image_path(tmp, next(iter(records)))).spacing
         settings = {
             "raw": str(raw),
@@ -281,31 +338,11 @@ def prepare_dataset(
             "center": center,
             "split": list(split),
             "seed": seed,
-            "labels": labels,
+            "labels": task,
         }
         if rename is not None:
-            settings["label_map"] = {
-                "rules": list(label_map or []),
-                "mapping": rename,
-                "unmapped_to_background": sorted(set(raw_labels) - set(rename)),
-            }
-        foscu_labels = dict(LABELS) if labels == "multiclass" else dict(LIVER_ONLY_LABELS)
-        write_dataset_json(
-            tmp,
-            name=f"{meta.get('name', raw.name)} (prepared)",
-            num_training=len(records),
-            labels=foscu_labels,
-            foscu_prepare=settings,
-        )
-        write_json_atomic(tmp / "datalist.json", datalist)
-        record = {
-            "settings": settings,
-            "label_import": meta.get("foscu_import"),
-            "cases": records,
-            "skipped": skipped,
-            "counts": {k: len(v) for k, v in splits.items()},
-        }
-        write_json_atomic(tmp / "preparation.json", record)
+            settings["label_map"] = _label_map_record(label_map or [], rename, raw_labels)
+        record = _write_set(tmp, meta, raw, task, settings, records, skipped, splits)
     return record
 
 

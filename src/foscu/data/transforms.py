@@ -14,7 +14,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from foscu.labels import Task
+from foscu.labels import Task, liver_only
 
 KEYS = ("image", "label")
 ROTATE_RAD = 0.1  # ~6 degrees
@@ -23,10 +23,8 @@ INTENSITY = 0.1
 
 
 def label_to_task(label: Any, task: Task) -> Any:
-    """Liver-only view of a (1, X, Y, Z) label tensor: every foreground structure becomes liver (1)."""
-    if task == "binary":
-        return (label != 0).to(label.dtype)
-    return label
+    """A (1, X, Y, Z) label tensor in the task's label map: liver-only for "binary", else unchanged."""
+    return liver_only(label) if task == "binary" else label
 
 
 def read_case(item: dict[str, Any]) -> dict[str, Any]:
