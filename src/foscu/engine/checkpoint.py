@@ -1,4 +1,5 @@
-"""Weights as safetensors, training state through ``torch.load(weights_only=True)``: nothing is unpickled.
+"""Weights as safetensors; the training state read through ``torch.load(weights_only=True)``, which
+unpickles only tensors and plain containers: a hostile pickle is refused, never run.
 
 A weight file holds ``<net>.<parameter>`` tensors for a dict of networks plus string metadata
 (e.g. the latent ``scale_factor``), so one file rebuilds a stage's networks together with its config.yaml.
@@ -86,7 +87,11 @@ def _net_names(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def save_state(path: str | Path, state: dict[str, Any]) -> None:
-    """Training state (optimizer, step, RNG, best score): tensors and plain containers only."""
+    """Write a training state atomically: tensors and plain containers only (what ``load_state`` accepts).
+
+    ``fit`` saves the step, seed, best score and its step, the checkpoint's file name, and the optimiser
+    and fp16 loss-scaler state; no RNG state, since the engine reseeds from (seed, step) at every step.
+    """
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 

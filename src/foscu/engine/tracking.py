@@ -1,10 +1,15 @@
-"""Progress bars (rich, on stderr), metrics.jsonl and TensorBoard; never named logging.py."""
+"""Progress bars (rich, on stderr), and a training run's metrics.jsonl and TensorBoard events."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from foscu.runs import write_text_atomic
 
 
 @contextlib.contextmanager
@@ -41,17 +46,15 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
 class MetricsLog:
     """metrics.jsonl (one JSON line per logged step) and TensorBoard events in a stage folder.
 
-    On resume, lines past the resumed step are dropped, so the log reads as one uninterrupted run.
+    A new run starts an empty log; a resumed one keeps the lines up to the resumed step and drops the rest
+    (TensorBoard purges them too), so the log reads as one uninterrupted run. Disabled (ranks other than
+    0): writes nothing.
     """
 
-    def __init__(self, folder, resume_step: int = 0, enabled: bool = True) -> None:
-        import json
-        from pathlib import Path
-
+    def __init__(self, folder: str | Path, resume_step: int = 0, enabled: bool = True) -> None:
         self.path = Path(folder) / "metrics.jsonl"
         self.enabled = enabled
-        self._json = json
-        self._writer = None
+        self._writer: Any = None
         if not enabled:
             return
         kept: list[str] = []
@@ -62,8 +65,6 @@ class MetricsLog:
                         kept.append(line)
                 except json.JSONDecodeError:
                     break  # a line cut by a kill: everything after it is stale
-        from foscu.runs import write_text_atomic
-
         write_text_atomic(self.path, "".join(k + "\n" for k in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -75,10 +76,11 @@ class MetricsLog:
             self._writer = None
 
     def log(self, step: int, values: dict[str, float]) -> None:
+        """Append ``{"step": step, **values}`` to metrics.jsonl and each value to TensorBoard."""
         if not self.enabled:
             return
         with self.path.open("a") as handle:
-            handle.write(self._json.dumps({"step": step, **values}) + "\n")
+            handle.write(json.dumps({"step": step, **values}) + "\n")
         if self._writer is not None:
             for key, value in values.items():
                 self._writer.add_scalar(key, value, step)
