@@ -1,8 +1,9 @@
 """``foscu report RUN``: one self-contained ``report.html`` (images embedded, no network) and ``report.md``.
 
-The report reads only files the experiment wrote (``RUN/evaluation/*.json``, ``RUN/<stage>/metrics.jsonl``,
-``RUN/samples*/``, the prepared set named in ``RUN/experiment.json``); a section whose inputs are missing
-says so instead of showing a placeholder.
+The report reads only files the experiment wrote (``RUN/evaluation/*.json``, every ``metrics.jsonl`` under
+RUN outside sample folders, ``RUN/samples/``, ``RUN/ladder/mask_to_image/``, the prepared set named in
+``RUN/experiment.json``). A table whose inputs are missing says so instead of showing a placeholder; the
+ladder and label-realism sections, and a figure without its inputs, are left out.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from foscu.data.layout import Case, images_dir, list_cases
 from foscu.errors import InputError
 from foscu.evaluation.ladder import CLASSES as LADDER_CLASSES
 from foscu.figures import figure_label_realism, figure_ladder, figure_mask_to_image, png_bytes
-from foscu.runs import atomic_path, write_text_atomic
+from foscu.runs import RunFolder, atomic_path, write_text_atomic
 
 Table = list[dict[str, Any]]
 
@@ -102,14 +104,12 @@ def figure_training_curves(run: Path) -> bytes | None:
     return png_bytes(fig)
 
 
-def _case_pairs(folder: Path) -> list[tuple[str, Path, Path | None]]:
-    images = sorted((folder / "imagesTr").glob("*_0000.nii.gz"))
-    out = []
-    for img in images:
-        cid = img.name[: -len("_0000.nii.gz")]
-        lab = folder / "labelsTr" / f"{cid}.nii.gz"
-        out.append((cid, img, lab if lab.is_file() else None))
-    return out
+def _cases(folder: Path) -> list[Case]:
+    """The cases of an nnU-Net folder, labels optional; none where it holds no images."""
+    try:
+        return list_cases(folder, require_labels=False)
+    except InputError:
+        return []
 
 
 def figure_views(folder: Path, n: int, title: str) -> list[tuple[str, bytes]]:
@@ -118,15 +118,11 @@ def figure_views(folder: Path, n: int, title: str) -> list[tuple[str, bytes]]:
     from foscu.viz import tri_planar_figure
 
     figures = []
-    for cid, img, lab in _case_pairs(folder)[:n]:
-        image = read_nifti(img)
-        label = read_nifti(lab, label=True).array if lab else None
-        figures.append(
-            (
-                f"{title}: {cid}",
-                png_bytes(tri_planar_figure(image.array, label, image.spacing, f"{title}: {cid}")),
-            )
-        )
+    for case in _cases(folder)[:n]:
+        image = read_nifti(case.image)
+        label = read_nifti(case.label, label=True).array if case.label else None
+        caption = f"{title}: {case.case_id}"
+        figures.append((caption, png_bytes(tri_planar_figure(image.array, label, image.spacing, caption))))
     return figures
 
 
@@ -143,13 +139,13 @@ def figure_real_vs_synthetic(real: Path, synthetic: Path) -> bytes | None:
 
     def pick(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray] | None]:
         chosen: dict[str, tuple[np.ndarray, np.ndarray] | None] = {"tumor": None, "tumor-free": None}
-        for _, img, lab in _case_pairs(folder):
-            if lab is None:
+        for case in _cases(folder):
+            if case.label is None:
                 continue
-            label = read_nifti(lab, label=True).array
+            label = read_nifti(case.label, label=True).array
             kind = "tumor" if (label == TUMOR).any() else "tumor-free"
             if chosen[kind] is None:
-                chosen[kind] = (read_nifti(img).array, label)
+                chosen[kind] = (read_nifti(case.image).array, label)
         return chosen
 
     groups = {"real": pick(real), "synthetic": pick(synthetic)}
@@ -175,106 +171,114 @@ def _load_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def build_report(run: Path) -> tuple[Path, Path]:
-    """Write ``RUN/report.html`` and ``RUN/report.md`` (figures as ``RUN/report_files/*.png``)."""
-    run = Path(run)
-    if not run.is_dir():
-        raise InputError(run, "run folder not found")
-    ev = run / "evaluation"
-    experiment = _load_json(run / "experiment.json") or {}
-    sections: list[tuple[str, str, str]] = []  # (title, markdown, html)
-    figures: list[tuple[str, bytes]] = []
+class _Report:
+    """A report's sections (title, Markdown, HTML) and figures (caption, PNG), in reading order."""
 
-    def add_table(title: str, rows: Table | None, note: str = "") -> None:
+    def __init__(self) -> None:
+        self.sections: list[tuple[str, str, str]] = []
+        self.figures: list[tuple[str, bytes]] = []
+
+    def bullets(self, title: str, lines: list[str]) -> None:
+        md = "\n".join(f"- {line}" for line in lines) + "\n"
+        self.sections.append(
+            (title, md, "<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in lines) + "</ul>")
+        )
+
+    def table(self, title: str, rows: Table | None, note: str = "") -> None:
+        """A table section; ``rows`` None says the run did not compute it."""
         if rows is None:
             text = f"not computed in this run ({title})"
-            sections.append((title, f"_{text}_\n", f"<p><em>{html.escape(text)}</em></p>"))
+            self.sections.append((title, f"_{text}_\n", f"<p><em>{html.escape(text)}</em></p>"))
             return
         md = (note + "\n\n" if note else "") + table_markdown(rows)
-        sections.append((title, md, (f"<p>{html.escape(note)}</p>" if note else "") + table_html(rows)))
+        self.sections.append((title, md, (f"<p>{html.escape(note)}</p>" if note else "") + table_html(rows)))
 
-    summary = evidence_summary(run, experiment)
+
+# the evaluation files the report reads: RUN/evaluation/<name>.json
+EVIDENCE = ("ladder", "label_realism", "table1", "table2", "pair_fidelity", "diversity", "memorization")
+
+
+def build_report(run: Path) -> tuple[Path, Path]:
+    """Write ``RUN/report.html`` and ``RUN/report.md`` (figures as ``RUN/report_files/*.png``)."""
+    folder = RunFolder(run)
+    if not folder.root.is_dir():
+        raise InputError(folder.root, "run folder not found")
+    experiment = _load_json(folder.experiment_record) or {}
+    evidence = {name: _load_json(folder.evaluation / f"{name}.json") for name in EVIDENCE}
+    report = _Report()
+    summary = evidence_summary(folder.root, experiment)
     if summary:
-        sections.append(
-            (
-                "What this run shows",
-                "\n".join(f"- {line}" for line in summary) + "\n",
-                "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in summary) + "</ul>",
-            )
-        )
-    ladder = _load_json(ev / "ladder.json")
+        report.bullets("What this run shows", summary)
+    _evidence_tables(report, evidence, experiment.get("timings"))
+    _evidence_figures(report, folder, evidence, experiment)
+    return _write(folder, experiment, report)
+
+
+def _evidence_tables(report: _Report, evidence: dict[str, Any], timings: dict | None) -> None:
+    """The tables of the evidence files, in the report's order; a missing file says so where it must."""
+    ladder, realism = evidence["ladder"], evidence["label_realism"]
     if ladder:
         cols = ["description", "n"] + [f"dice {c}" for c in LADDER_CLASSES] + ["dice mean"]
         cols += [f"fraction {c}" for c in LADDER_CLASSES]
         note = f"{ladder['note']}. {ladder['conditioning']['text']} {ladder['where_lost']}"
-        add_table("Fidelity ladder", [{c: r.get(c) for c in cols} for r in ladder["rows"]], note)
-    realism = _load_json(ev / "label_realism.json")
+        report.table("Fidelity ladder", [{c: r.get(c) for c in cols} for r in ladder["rows"]], note)
     if realism:
-        add_table("Label realism: generated vs real training labels", realism["features"], realism["note"])
-        add_table("Label realism: share of labels in which each class is present", realism["presence"])
-    table1 = _load_json(ev / "table1.json")
-    add_table(
-        "Table I: generative quality",
-        table1["rows"] if table1 else None,
-        table1.get("note", "") if table1 else "",
-    )
-    table2 = _load_json(ev / "table2.json")
-    add_table(
-        "Table II: segmentation Dice, real vs real + synthetic",
-        table2["rows"] if table2 else None,
-        table2.get("note", "") if table2 else "",
-    )
-    fidelity = _load_json(ev / "pair_fidelity.json")
-    add_table(
-        "Pair fidelity", fidelity["rows"] if fidelity else None, fidelity.get("note", "") if fidelity else ""
-    )
-    div = _load_json(ev / "diversity.json")
-    add_table("Diversity (MS-SSIM among samples; lower is more diverse)", div["rows"] if div else None)
-    mem = _load_json(ev / "memorization.json")
-    mem_rows = None
-    if mem:
-        mem_rows = [{"sample": k, **v} for k, v in mem["samples"].items()]
-    add_table(
-        "Memorization audit",
-        mem_rows,
-        (mem["method"] + f"; near copies: {mem['near_copies']}") if mem else "",
-    )
-    timings = experiment.get("timings")
-    add_table(
-        "Wall time per step (s)", [{"step": k, "seconds": v} for k, v in timings.items()] if timings else None
-    )
+        report.table("Label realism: generated vs real training labels", realism["features"], realism["note"])
+        report.table("Label realism: share of labels in which each class is present", realism["presence"])
+    for name, title in (
+        ("table1", "Table I: generative quality"),
+        ("table2", "Table II: segmentation Dice, real vs real + synthetic"),
+        ("pair_fidelity", "Pair fidelity"),
+    ):
+        found = evidence[name]
+        report.table(title, found["rows"] if found else None, found.get("note", "") if found else "")
+    div = evidence["diversity"]
+    report.table("Diversity (MS-SSIM among samples; lower is more diverse)", div["rows"] if div else None)
+    mem = evidence["memorization"]
+    mem_rows = [{"sample": k, **v} for k, v in mem["samples"].items()] if mem else None
+    note = (mem["method"] + f"; near copies: {mem['near_copies']}") if mem else ""
+    report.table("Memorization audit", mem_rows, note)
+    rows = [{"step": k, "seconds": v} for k, v in timings.items()] if timings else None
+    report.table("Wall time per step (s)", rows)
 
+
+def _evidence_figures(report: _Report, folder: RunFolder, evidence: dict[str, Any], experiment: dict) -> None:
+    """Ladder, mask-to-image, label realism, training curves, synthetic views and real vs synthetic."""
+    ladder, realism = evidence["ladder"], evidence["label_realism"]
+    prepared = Path(experiment["data"]) if experiment.get("data") else None
     if ladder:
-        figures.append(("Fidelity ladder", figure_ladder(ladder)))
-    m2i = run / "ladder" / "mask_to_image"
-    prepared_root = Path(experiment["data"]) if experiment.get("data") else None
-    if ladder and prepared_root and (m2i / "imagesTr").is_dir():
-        items = _test_items(prepared_root)
+        report.figures.append(("Fidelity ladder", figure_ladder(ladder)))
+        m2i = folder.ladder("mask_to_image")
+        items = _test_items(prepared) if prepared and images_dir(m2i).is_dir() else None
         fig = figure_mask_to_image(items, m2i) if items else None
         if fig:
-            figures.append(("Mask to image: real test case beside the image generated from its mask", fig))
+            report.figures.append(
+                ("Mask to image: real test case beside the image generated from its mask", fig)
+            )
     if realism:
-        figures.append(("Label realism: distributions, real vs generated", figure_label_realism(realism)))
-    curves = figure_training_curves(run)
+        report.figures.append(
+            ("Label realism: distributions, real vs generated", figure_label_realism(realism))
+        )
+    curves = figure_training_curves(folder.root)
     if curves:
-        figures.append(("Training curves", curves))
-    samples = run / "samples"
-    if (samples / "imagesTr").is_dir():
-        figures += figure_views(samples, 3, "synthetic (Duo-Diffusion)")
-        prepared = Path(experiment["data"]) if experiment.get("data") else None
-        if prepared and (prepared / "imagesTr").is_dir():
-            fig4 = figure_real_vs_synthetic(prepared, samples)
+        report.figures.append(("Training curves", curves))
+    if images_dir(folder.samples).is_dir():
+        report.figures += figure_views(folder.samples, 3, "synthetic (Duo-Diffusion)")
+        if prepared and images_dir(prepared).is_dir():
+            fig4 = figure_real_vs_synthetic(prepared, folder.samples)
             if fig4:
-                figures.append(("Real vs synthetic, tumor and tumor-free (Fig. 4)", fig4))
-    return _write(run, experiment, sections, figures)
+                report.figures.append(("Real vs synthetic, tumor and tumor-free (Fig. 4)", fig4))
 
 
 def _test_items(prepared: Path) -> dict[str, tuple[Path, Path]]:
-    datalist = _load_json(prepared / "datalist.json") or {}
-    return {
-        item["case_id"]: (prepared / item["image"], prepared / item["label"])
-        for item in datalist.get("test", [])
-    }
+    """Case id -> (image, label) of the prepared set's test split; none where it is not a prepared set."""
+    from foscu.data.prepare import read_prepared
+
+    try:
+        test = read_prepared(prepared).datalist["test"]
+    except InputError:
+        return {}
+    return {item["case_id"]: (Path(item["image"]), Path(item["label"])) for item in test}
 
 
 BUDGET = {
@@ -289,7 +293,7 @@ BUDGET = {
 
 def evidence_summary(run: Path, experiment: dict) -> list[str]:
     """Plain-words lines from the evidence files: segmenter, ladder verdict, label realism, budget."""
-    ev = run / "evaluation"
+    ev = RunFolder(run).evaluation
     lines = []
     preset = str(experiment.get("config", ""))
     ladder = _load_json(ev / "ladder.json")
@@ -322,23 +326,23 @@ def evidence_summary(run: Path, experiment: dict) -> list[str]:
     return lines
 
 
-def _write(run: Path, experiment: dict, sections, figures) -> tuple[Path, Path]:
+def _write(folder: RunFolder, experiment: dict, report: _Report) -> tuple[Path, Path]:
     title = "FOSCU report"
     subtitle = html.escape(
-        f"run {run.name} · preset {experiment.get('config', '?')} · data {experiment.get('data', '?')}"
+        f"run {folder.root.name} · preset {experiment.get('config', '?')} · data {experiment.get('data', '?')}"
     )
     md = [f"# {title}\n", f"{subtitle}\n"]
     body = [f"<h1>{title}</h1><p class='sub'>{subtitle}</p>"]
-    for heading, text_md, text_html in sections:
+    for heading, text_md, text_html in report.sections:
         md.append(f"## {heading}\n\n{text_md}")
         body.append(f"<h2>{html.escape(heading)}</h2>{text_html}")
-    files = run / "report_files"
+    files = folder.root / "report_files"
     files.mkdir(exist_ok=True)
-    for i, (caption, png) in enumerate(figures):
+    for i, (caption, png) in enumerate(report.figures):
         name = f"figure_{i:02d}.png"
         with atomic_path(files / name) as tmp:
             tmp.write_bytes(png)
-        md.append(f"### {caption}\n\n![{caption}](report_files/{name})\n")
+        md.append(f"### {caption}\n\n![{caption}]({files.name}/{name})\n")
         data = base64.b64encode(png).decode()
         body.append(
             f"<h3>{html.escape(caption)}</h3><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
@@ -352,6 +356,6 @@ def _write(run: Path, experiment: dict, sections, figures) -> tuple[Path, Path]:
         f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style>"
         f"</head><body>{''.join(body)}</body></html>"
     )
-    write_text_atomic(run / "report.html", page)
-    write_text_atomic(run / "report.md", "\n".join(md))
-    return run / "report.html", run / "report.md"
+    write_text_atomic(folder.report_html, page)
+    write_text_atomic(folder.report_md, "\n".join(md))
+    return folder.report_html, folder.report_md

@@ -24,8 +24,13 @@ class Case:
     label: Path | None
 
 
+def images_dir(root: Path, split: str = "Tr") -> Path:
+    """The images folder of an nnU-Net set: ``imagesTr`` (``split`` "Ts": the test images)."""
+    return Path(root) / f"images{split}"
+
+
 def image_path(root: Path, case_id: str, split: str = "Tr") -> Path:
-    return Path(root) / f"images{split}" / f"{case_id}{CHANNEL_SUFFIX}{FILE_ENDING}"
+    return images_dir(root, split) / f"{case_id}{CHANNEL_SUFFIX}{FILE_ENDING}"
 
 
 def label_path(root: Path, case_id: str, split: str = "Tr") -> Path:
@@ -74,11 +79,11 @@ def list_cases(root: Path, require_labels: bool = True) -> list[Case]:
     root = Path(root)
     if not root.is_dir():
         raise InputError(root, "folder not found")
-    images_dir = root / "imagesTr"
-    if not images_dir.is_dir():
-        raise InputError(root, "no imagesTr/ folder (expected nnU-Net v2 raw layout)")
+    images = images_dir(root)
+    if not images.is_dir():
+        raise InputError(root, f"no {images.name}/ folder (expected nnU-Net v2 raw layout)")
     cases: list[Case] = []
-    for img in sorted(images_dir.glob(f"*{CHANNEL_SUFFIX}{FILE_ENDING}")):
+    for img in sorted(images.glob(f"*{CHANNEL_SUFFIX}{FILE_ENDING}")):
         case_id = img.name[: -len(CHANNEL_SUFFIX + FILE_ENDING)]
         lab = label_path(root, case_id)
         if not lab.is_file():
@@ -86,7 +91,7 @@ def list_cases(root: Path, require_labels: bool = True) -> list[Case]:
                 raise InputError(img, f"has no label file {lab.relative_to(root)}")
         cases.append(Case(case_id, img, lab if lab.is_file() else None))
     if not cases:
-        raise InputError(images_dir, f"no images named <case>{CHANNEL_SUFFIX}{FILE_ENDING}")
+        raise InputError(images, f"no images named <case>{CHANNEL_SUFFIX}{FILE_ENDING}")
     return cases
 
 
