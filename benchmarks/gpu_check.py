@@ -96,7 +96,7 @@ def check_data(work: Path, size: dict[str, Any]) -> Path:
 
 
 def check_stage(stage: str, cfg: Any, prepared: Path, run: Path, device: Any) -> dict[str, Any]:
-    from foscu.generative.stages import train_stage
+    from foscu.stages import train_stage
 
     with Meter(device) as meter:
         result = train_stage(stage, cfg, prepared, run, progress=False)

@@ -332,8 +332,8 @@ def bench_controlnet_train(b: Bench, warmup: int, repeats: int) -> dict[str, Any
 
     from foscu.data.loaders import one_hot
     from foscu.generative import diffusion
+    from foscu.generative.controlnet import controlnet_batch
     from foscu.generative.schedulers import training_scheduler
-    from foscu.generative.stages import controlnet_batch
 
     section, condition = b.cfg.controlnet, b.cfg.controlnet.condition
     cache = build_cache(b, "image")
@@ -516,7 +516,7 @@ def train_phantom_run(folder: Path, cases: int, steps: int, timesteps: int) -> t
     at the tiny preset (with ``timesteps`` training timesteps), through the same train_stage as ``foscu train``."""
     from foscu.data.phantom import write_phantom_set
     from foscu.data.prepare import prepare_dataset
-    from foscu.generative.stages import train_stage
+    from foscu.stages import train_stage
 
     roi = PRESET_ROI["tiny"]
     write_phantom_set(folder / "raw", cases, roi, (7.5, 7.5, 12.0), seed=3, workers=1, progress=False)

@@ -39,7 +39,7 @@ TINY_STAGES = ("label-vae", "image-vae", "vqvae", "label-ldm", "image-ldm", "vqv
 def tiny_run(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every generative stage trained a few steps at the tiny preset (shared, read-only)."""
     from foscu.config import load_config
-    from foscu.generative.stages import train_stage
+    from foscu.stages import train_stage
 
     run = tmp_path_factory.mktemp("run") / "run"
     cfg = load_config("tiny")

@@ -13,7 +13,7 @@ from foscu.data.loaders import load_split
 from foscu.data.prepare import read_prepared
 from foscu.generative.conditioning import conditioning_response
 from foscu.generative.sampling import generate_batch, load_pipeline
-from foscu.generative.stages import train_stage
+from foscu.stages import train_stage
 
 
 @pytest.fixture(scope="module")

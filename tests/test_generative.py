@@ -233,8 +233,8 @@ def test_sliding_window_decoding_matches_whole_decoding_in_shape_and_scale(tiny_
     import torch
 
     from foscu.generative.sampling import decode_volume
-    from foscu.generative.stages import load_stage
     from foscu.runs import RunFolder
+    from foscu.stages import load_stage
 
     nets, _, info = load_stage(RunFolder(tiny_run), "image-vae")
     z = torch.randn(
@@ -256,16 +256,14 @@ def test_latent_training_sets_stay_on_the_cpu_whatever_the_device(tiny_run, tiny
     from foscu.config import load_config
     from foscu.data.loaders import LatentSet
     from foscu.data.prepare import read_prepared
-    from foscu.generative.stages import STAGES, _controlnet_recipe, _diffusion_recipe
     from foscu.runs import RunFolder
+    from foscu.stages import StageContext, spec_for
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     cfg, prepared, meta = load_config("tiny"), read_prepared(tiny_prepared), torch.device("meta")
-    for recipe in (
-        _diffusion_recipe(STAGES["image-ldm"], cfg, prepared, RunFolder(run), meta),
-        _controlnet_recipe(STAGES["controlnet"], cfg, prepared, RunFolder(run), meta),
-    ):
+    for name in ("image-ldm", "controlnet"):
+        recipe = spec_for(name).recipe(StageContext(name, cfg, prepared, RunFolder(run), meta, cfg.seed))
         data = recipe.train_set
         held = [data.mean, data.sigma, *data.extras.values()]
         assert [t.device.type for t in held] == ["cpu"] * len(held)
@@ -422,7 +420,7 @@ def test_kl_term_by_hand():
 
 
 def test_weight_map_takes_the_largest_class_weight_a_latent_voxel_covers():
-    from foscu.generative.diffusion import weight_map
+    from foscu.generative.controlnet import weight_map
 
     labels = torch.zeros((1, 4, 4, 4), dtype=torch.uint8)
     labels[0, 3, 0, 1] = 4  # one tumor voxel, in latent voxel (1, 0, 0)

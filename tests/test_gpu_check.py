@@ -48,7 +48,7 @@ def test_cpu_dry_runs_every_check_and_prints_json_lines(gpu_check, tmp_path, cap
 
 
 def test_a_failing_check_exits_non_zero_with_its_error(gpu_check, tmp_path, capsys, monkeypatch):
-    from foscu.generative import stages
+    from foscu import stages
 
     def broken(name, *args, **kwargs):
         if name == "label-ldm":

@@ -102,11 +102,10 @@ def test_an_empty_split_encodes_to_an_empty_latent_cache():
 @pytest.mark.parametrize("preset", ["tiny", "demo"])
 @pytest.mark.parametrize("roi", [(32, 32, 16), (64, 64, 32), (36, 28, 12)])
 def test_the_latent_shape_without_encoding_equals_the_encoded_one(preset, roi):
-    """``_latent_shape`` (the encoder on the meta device) gives the shape a real encode of the ROI gives."""
+    """``latent_shape`` (the encoder on the meta device) gives the shape a real encode of the ROI gives."""
     import torch
 
-    from foscu.generative.autoencoders import build_autoencoder, build_vqvae, encode
-    from foscu.generative.stages import _latent_shape
+    from foscu.generative.autoencoders import build_autoencoder, build_vqvae, encode, latent_shape
 
     cfg = load_config(preset)
     for nets, channels in (
@@ -117,15 +116,15 @@ def test_the_latent_shape_without_encoding_equals_the_encoded_one(preset, roi):
         vae = nets["autoencoder"]
         with torch.no_grad():
             encoded = tuple(encode(vae.eval(), torch.zeros(1, channels, *roi))[0].shape[1:])
-        assert _latent_shape(vae, channels, roi) == encoded, (preset, roi, type(vae).__name__)
+        assert latent_shape(vae, channels, roi) == encoded, (preset, roi, type(vae).__name__)
 
 
 @pytest.mark.slow
 def test_every_stage_a_pair_and_every_segmenter_at_the_paper_size(paper_data, monkeypatch):
     from foscu.generative.sampling import generate
-    from foscu.generative.stages import train_stage
     from foscu.segmentation import train as seg_train
     from foscu.segmentation.networks import ARCHS
+    from foscu.stages import train_stage
 
     cfg = load_config("paper", _one_step_overrides())
     run = paper_data / "run"

@@ -23,7 +23,12 @@ def seg_run(tmp_path):
     seg = load_config("tiny").segmentation
     folder = tmp_path / "unet-binary-real"
     folder.mkdir()
-    raw = {"arch": "unet", "task": "binary", "segmentation": seg.model_dump(mode="json")}
+    raw = {
+        "stage": "seg/unet-binary-real",
+        "arch": "unet",
+        "task": "binary",
+        "section": seg.model_dump(mode="json"),
+    }
     raw.update(roi=list(ROI), spacing=list(SPACING))
     (folder / predict.CONFIG).write_text(yaml.safe_dump(raw))
     torch.manual_seed(0)

@@ -6,29 +6,33 @@ cross-entropy against the label; image-vae reconstructs intensities with L1 or L
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+import math
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from foscu.config import AutoencoderStage, VQVAEStage
+from foscu.config import AutoencoderStage, ImageAutoencoderStage, VQVAEStage
+from foscu.data.loaders import SplitVolumes, VolumeSet, load_split, one_hot
+from foscu.engine.loop import Recipe
+from foscu.errors import InputError
+
+if TYPE_CHECKING:
+    from foscu.stages import StageContext
 
 
 def build_autoencoder(stage: AutoencoderStage, channels: int) -> dict[str, nn.Module]:
-    """AutoencoderKL(spatial_dims=3, **stage.autoencoder) (+ a PatchDiscriminator if adversarial)."""
-    from monai.networks.nets import AutoencoderKL, PatchDiscriminator
+    """AutoencoderKL(spatial_dims=3, **stage.autoencoder) for ``channels`` in and out."""
+    from monai.networks.nets import AutoencoderKL
 
-    nets: dict[str, nn.Module] = {
+    return {
         "autoencoder": AutoencoderKL(
             spatial_dims=3, in_channels=channels, out_channels=channels, **stage.autoencoder
         )
     }
-    if stage.adversarial_weight > 0:
-        nets["discriminator"] = PatchDiscriminator(
-            spatial_dims=3, in_channels=channels, **stage.discriminator
-        )
-    return nets
 
 
 def build_vqvae(stage: VQVAEStage) -> dict[str, nn.Module]:
@@ -70,38 +74,14 @@ def autoencoder_loss(
     key: str,
     kind: str,
     kl_weight: float,
-    adversarial_weight: float = 0.0,
     dice_weight: float = 0.0,
 ) -> dict[str, torch.Tensor]:
-    """Reconstruction + kl_weight * KL (+ least-squares patch-adversarial terms when weighted)."""
+    """Reconstruction + kl_weight * KL (paper II-B)."""
     x = batch[key]  # (B, C, X, Y, Z)
     recon, z_mu, z_sigma = nets["autoencoder"](x)
     rec = reconstruction_error(recon, x, kind, dice_weight)
     kl = kl_divergence(z_mu.float(), z_sigma.float())
-    out = {"reconstruction": rec, "kl": kl}
-    loss = rec + kl_weight * kl
-    if adversarial_weight > 0 and "discriminator" in nets:
-        from monai.losses import PatchAdversarialLoss
-
-        adversarial = PatchAdversarialLoss(criterion="least_squares")
-        generator = adversarial(
-            nets["discriminator"](recon.contiguous().float())[-1],
-            target_is_real=True,
-            for_discriminator=False,
-        )
-        loss = loss + adversarial_weight * generator
-        fake = adversarial(
-            nets["discriminator"](recon.detach().contiguous().float())[-1],
-            target_is_real=False,
-            for_discriminator=True,
-        )
-        real = adversarial(
-            nets["discriminator"](x.contiguous().float())[-1], target_is_real=True, for_discriminator=True
-        )
-        out["adversary_loss"] = adversarial_weight * 0.5 * (fake + real)
-        out["generator_adversarial"] = generator
-    out["loss"] = loss
-    return out
+    return {"reconstruction": rec, "kl": kl, "loss": rec + kl_weight * kl}
 
 
 def vqvae_loss(nets: dict[str, nn.Module], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -127,3 +107,126 @@ def decode(autoencoder: nn.Module, z: torch.Tensor) -> torch.Tensor:
     if hasattr(net, "decode_stage_2_outputs"):
         return net.decode_stage_2_outputs(z)
     return net.decode(z)
+
+
+# ---------------------------------------------------------------- the stages: recipe and rebuild
+
+
+def build(info: dict[str, Any]) -> dict[str, nn.Module]:
+    """Rebuild a VAE from its stage's config.yaml: one channel is the image VAE, one per class the label VAE."""
+    section = dict(info["section"])
+    if info["channels"] == 1:
+        return build_autoencoder(ImageAutoencoderStage.model_validate(section), 1)
+    section.pop("reconstruction", None)  # older label-vae folders recorded it; it never took effect
+    return build_autoencoder(AutoencoderStage.model_validate(section), info["channels"])
+
+
+def build_vq(info: dict[str, Any]) -> dict[str, nn.Module]:
+    """Rebuild the VQ-VAE baseline from its stage's config.yaml."""
+    return build_vqvae(VQVAEStage.model_validate(info["section"]))
+
+
+def latent_shape(autoencoder: nn.Module, channels: int, roi: tuple[int, ...]) -> tuple[int, ...]:
+    """(C, x, y, z) of the latent of one ROI: the encoder run on the meta device (shapes only, no arithmetic).
+
+    The same code path as a real encode, so the shape is exact for any ROI and network; encoding a zero
+    volume took ~10 s per paper VAE at 160 x 160 x 64 on one CPU thread.
+    """
+    shadow = copy.deepcopy(autoencoder).to("meta").eval()
+    with torch.no_grad():
+        z, _ = encode(shadow, torch.zeros(1, channels, *roi, device="meta"))
+    return tuple(z.shape[1:])
+
+
+def check_divisible(shape: tuple[int, ...], factor: int, what: str, key: str) -> None:
+    """Refuse a grid that ``factor``-fold downsampling would not divide evenly."""
+    if any(s % factor for s in shape):
+        raise InputError(key, f"{what} needs every axis divisible by {factor}, got {tuple(shape)}")
+
+
+def _patch(ctx: StageContext, downsamples: int) -> list[int] | None:
+    """The section's training patch, checked against the ROI and the network's downsampling."""
+    patch, roi = ctx.section.patch_size, ctx.prepared.roi
+    if patch is None:
+        return None
+    key = f"{ctx.spec.section}.patch_size"
+    if len(patch) != 3 or any(p > r for p, r in zip(patch, roi, strict=True)):
+        raise InputError(key, f"needs 3 sizes within the ROI {tuple(roi)}, got {patch}")
+    check_divisible(tuple(patch), 2**downsamples, f"{ctx.name} ({downsamples} downsamplings)", key)
+    return list(patch)
+
+
+def _mean_foreground_dice(pred: torch.Tensor, target: torch.Tensor, labels: dict[str, int]) -> float:
+    """Mean over cases of the mean foreground Dice (nnU-Net's empty-class rule), via foscu's one ``dice``."""
+    from foscu.evaluation.segmentation_metrics import dice
+
+    per_case = []
+    for p, t in zip(pred.numpy(), target.numpy(), strict=True):
+        scores = [v for v in dice(p, t, labels).values() if v is not None]
+        per_case.append(sum(scores) / len(scores) if scores else 1.0)
+    return sum(per_case) / len(per_case)
+
+
+class ReconstructionScore:
+    """Validation: mean foreground Dice of label reconstructions (``val_dice``), or image L1 (``val_l1``)."""
+
+    def __init__(self, val: SplitVolumes, data: str, labels: dict[str, int], device: torch.device) -> None:
+        self.val, self.data, self.labels, self.device = val, data, labels, device
+
+    def _input(self, i: int) -> torch.Tensor:
+        if self.data == "label":
+            return one_hot(self.val.labels[i : i + 2], len(self.labels))
+        return self.val.images[i : i + 2]
+
+    def __call__(self, nets: dict[str, nn.Module]) -> dict[str, float]:
+        if len(self.val) == 0:
+            return {}
+        net, total = nets["autoencoder"], 0.0
+        for i in range(
+            0, len(self.val), 2
+        ):  # one batch at a time: a one-hot split would not fit at paper size
+            x = self._input(i)
+            recon = decode(net, encode(net, x.to(self.device))[0]).float().cpu()
+            if self.data == "label":
+                target = self.val.labels[i : i + 2].long()
+                total += _mean_foreground_dice(recon.argmax(1), target, self.labels) * len(x)
+            else:
+                total += float((recon - x).abs().mean()) * len(x)
+        return {"val_dice" if self.data == "label" else "val_l1": total / len(self.val)}
+
+
+def _recipe(ctx: StageContext, nets: dict[str, nn.Module], loss_fn: Any, data: str) -> Recipe:
+    """What every autoencoder stage hands the engine, given its networks and loss."""
+    labels = ctx.prepared.labels
+    channels = len(labels) if data == "label" else 1
+    shape = latent_shape(nets["autoencoder"], channels, ctx.prepared.roi)
+    downsamples = int(round(math.log2(ctx.prepared.roi[0] / shape[1])))
+    info = {
+        "channels": channels,
+        "latent_channels": shape[0],
+        "latent_shape": list(shape[1:]),
+        "downsamples": downsamples,
+    }
+    validation = load_split(ctx.prepared, "validation")
+    train_set = VolumeSet(load_split(ctx.prepared, "training"), len(labels), _patch(ctx, downsamples))
+    validate = ReconstructionScore(validation, data, labels, ctx.device)
+    return Recipe(nets, loss_fn, train_set, ["autoencoder"], validate, info=info)
+
+
+def recipe(ctx: StageContext, data: str) -> Recipe:
+    """label-vae (``data="label"``: one-hot in, class logits out, cross-entropy + Dice) or image-vae (L1/L2)."""
+    section = ctx.section
+    nets = build_autoencoder(section, len(ctx.prepared.labels) if data == "label" else 1)
+    loss_fn = partial(
+        autoencoder_loss,
+        key="label_onehot" if data == "label" else "image",
+        kind="ce" if data == "label" else section.reconstruction,
+        kl_weight=section.kl_weight,
+        dice_weight=section.dice_weight,
+    )
+    return _recipe(ctx, nets, loss_fn, data)
+
+
+def vqvae_recipe(ctx: StageContext) -> Recipe:
+    """The VQ-VAE baseline of Table I: L1 + the VQ losses on images."""
+    return _recipe(ctx, build_vqvae(ctx.section), vqvae_loss, "image")

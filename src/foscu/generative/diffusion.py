@@ -8,13 +8,21 @@ the frozen UNet and only the ControlNet learns.
 
 from __future__ import annotations
 
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from foscu.config import DiffusionStage
+from foscu.config import DiffusionStage, SchedulerConfig
+from foscu.data.loaders import LatentSet
+from foscu.engine.loop import Recipe
+from foscu.generative import latents
+from foscu.generative.autoencoders import check_divisible
+from foscu.generative.schedulers import training_scheduler
+
+if TYPE_CHECKING:
+    from foscu.stages import StageContext
 
 
 def build_diffusion(stage: DiffusionStage, latent_channels: int) -> dict[str, nn.Module]:
@@ -86,13 +94,64 @@ def validation_loss(
         torch.random.set_rng_state(state)
 
 
-def weight_map(
-    labels: torch.Tensor, latent_shape: tuple[int, ...], class_weights: dict[int, float]
-) -> torch.Tensor:
-    """(N, X, Y, Z) labels -> (N, 1, x, y, z) loss weights: a latent voxel takes the largest weight of the classes
-    it covers (max-pooled), so a tumor of a few voxels still weighs (MAISI weights tumor x100)."""
-    weights = torch.ones((labels.shape[0], 1, *latent_shape), device=labels.device)
-    for value, w in class_weights.items():
-        present = F.adaptive_max_pool3d((labels == value).float()[:, None], latent_shape)
-        weights = torch.maximum(weights, present * w)
-    return weights
+# ---------------------------------------------------------------- the stages: recipe and rebuild
+
+
+def build(info: dict[str, Any]) -> dict[str, nn.Module]:
+    """Rebuild an LDM's UNet from its stage's config.yaml."""
+    return build_diffusion(DiffusionStage.model_validate(info["section"]), info["latent_channels"])
+
+
+def scheduler_of(info: dict[str, Any]) -> Any:
+    """The training noise schedule an LDM stage recorded (the ControlNet trains on its LDM's)."""
+    return training_scheduler(SchedulerConfig.model_validate(info["scheduler"]), info["objective"])
+
+
+class LatentValidation:
+    """Validation: the denoising loss on the scaled validation latents (``val_loss``), fixed noise."""
+
+    def __init__(
+        self, mean: torch.Tensor | None, scale: float, scheduler: Any, objective: str, device: torch.device
+    ) -> None:
+        self.mean, self.scale, self.scheduler, self.objective = mean, scale, scheduler, objective
+        self.device = device
+
+    def __call__(self, nets: dict[str, nn.Module], condition: torch.Tensor | None = None) -> dict[str, float]:
+        if self.mean is None or len(self.mean) == 0:
+            return {}
+        z = (self.mean * self.scale).to(self.device)
+        return {"val_loss": validation_loss(nets, z, condition, self.scheduler, self.objective)}
+
+
+def recipe(ctx: StageContext, encoder: str) -> Recipe:
+    """label-ldm, image-ldm, vqvae-ldm: a UNet denoising the cached latents of ``encoder`` (paper eq. 1)."""
+    section = ctx.section
+    cache, meta = latents.read_cache(ctx.latents(encoder))
+    scale = float(meta["scale_factor"])
+    mean = cache["training"]["mean"]  # (N, C, x, y, z), on the CPU: fit pins it and moves each batch
+    levels = len(section.unet.get("channels", [0, 0, 0, 0])) - 1
+    check_divisible(
+        tuple(mean.shape[2:]),
+        2**levels,
+        f"{ctx.name} (a {levels + 1}-level UNet on the latent grid)",
+        f"{ctx.spec.section}.unet.channels",
+    )
+    nets = build_diffusion(section, mean.shape[1])
+    scheduler = training_scheduler(section.scheduler, section.objective)
+    info = {
+        "latent_channels": int(mean.shape[1]),
+        "latent_shape": list(mean.shape[2:]),
+        "encoder": encoder,
+        "objective": section.objective,
+        "scheduler": section.scheduler.model_dump(),
+    }
+    val_mean = cache.get("validation", {}).get("mean")
+    return Recipe(
+        nets,
+        partial(denoising_loss, scheduler=scheduler, objective=section.objective),
+        LatentSet(mean, cache["training"]["sigma"], scale),
+        ["unet"],
+        LatentValidation(val_mean, scale, scheduler, section.objective, ctx.device),
+        info=info,
+        metadata={"scale_factor": scale, "encoder": encoder},
+    )

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import yaml
 
 from foscu.errors import InputError
 from foscu.labels import Task, labels_for_task
@@ -59,23 +58,24 @@ def resolve_run(run: Path) -> Path:
 
 
 def read_run(folder: Path) -> SegRun:
-    """Read a segmentation run's config.yaml."""
+    """Read a segmentation stage's config.yaml (the stage table's one reader)."""
     from foscu.config import SegmentationConfig
+    from foscu.stages import read_stage_info
 
     path = Path(folder) / CONFIG
     if not path.is_file():
         raise InputError(path, "missing: not a segmentation run folder")
+    raw = read_stage_info(Path(folder))
     try:
-        raw = yaml.safe_load(path.read_text())
         return SegRun(
             folder=Path(folder),
             arch=raw["arch"],
             task=raw["task"],
-            seg_cfg=SegmentationConfig.model_validate(raw["segmentation"]),
+            seg_cfg=SegmentationConfig.model_validate(raw.get("section", raw.get("segmentation"))),
             roi=tuple(int(r) for r in raw["roi"]),  # type: ignore[arg-type]
             spacing=tuple(float(s) for s in raw["spacing"]),  # type: ignore[arg-type]
         )
-    except (yaml.YAMLError, KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError) as err:
         raise InputError(path, f"not a segmentation run config ({type(err).__name__}: {err})") from None
 
 
@@ -91,14 +91,12 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def load_segmenter(run: SegRun, device: str | torch.device | None = None) -> nn.Module:
-    """Rebuild the run's network and load its best weights (safetensors); eval mode, on ``device``
-    (default: the run's device)."""
-    from foscu.engine.checkpoint import load_weights
-    from foscu.segmentation.networks import build_segmenter
+    """The run's network with its best weights, rebuilt by the stage table's one loader; eval mode, on
+    ``device`` (default: the run's device)."""
+    from foscu.stages import load_stage_folder
 
-    net = build_segmenter(run.arch, run.task, run.seg_cfg, run.roi, run.spacing)
-    load_weights(run.folder / MODEL, {NET: net})
-    return net.eval().to(resolve_device(device))
+    nets, _, _ = load_stage_folder(run.folder)
+    return nets[NET].to(resolve_device(device))
 
 
 def sliding_window_logits(net: nn.Module, image: torch.Tensor, patch: list[int], sw_batch_size: int) -> Any:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from foscu.engine.loop import Recipe
 from foscu.errors import InputError
 from foscu.labels import LABELS, Task
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
     from foscu.config import FoscuConfig
     from foscu.engine.loop import FitResult
+    from foscu.stages import StageContext
 
 NET = "segmenter"
 
@@ -131,32 +133,101 @@ def mix_training(real: list[dict], synthetic: list[dict], fraction: float, seed:
     return list(real) + [synthetic[i] for i in sorted(order)]
 
 
-def _stage_config(
-    arch: str,
-    task: Task,
-    cfg: FoscuConfig,
-    prepared: Any,
-    synthetic: list[Path],
-    fraction: float,
-    n_real: int,
-    n_synthetic: int,
-) -> dict[str, Any]:
-    from foscu.config import provenance
+def parse_run_name(name: str) -> tuple[str, Task, bool, int | None]:
+    """``[seg/]<arch>-<task>-<real|real+synthetic>[-seed<k>]`` -> (arch, task, synthetic, seed or None)."""
+    parts = name.removeprefix("seg/").split("-")
+    seed = None
+    if len(parts) == 4 and parts[3].startswith("seed") and parts[3][4:].isdigit():
+        seed = int(parts[3][4:])
+        parts = parts[:3]
+    if (
+        len(parts) != 3
+        or parts[1] not in ("binary", "multiclass")
+        or parts[2] not in ("real", "real+synthetic")
+    ):
+        raise InputError(
+            "STAGE", f"{name!r} is not seg/<arch>-<binary|multiclass>-<real|real+synthetic>[-seed<k>]"
+        )
+    return parts[0], parts[1], parts[2] == "real+synthetic", seed  # type: ignore[return-value]
 
-    return {
-        "stage": "seg",
+
+def build(info: dict[str, Any]) -> dict[str, nn.Module]:
+    """Rebuild a segmentation stage's network from its config.yaml."""
+    from foscu.config import SegmentationConfig
+    from foscu.segmentation.networks import build_segmenter
+
+    section = info.get("section", info.get("segmentation"))  # "segmentation": older seg folders
+    seg = SegmentationConfig.model_validate(section)
+    roi = tuple(int(r) for r in info["roi"])
+    spacing = tuple(float(s) for s in info["spacing"])
+    return {NET: build_segmenter(info["arch"], info["task"], seg, roi, spacing)}  # type: ignore[arg-type]
+
+
+def _training_items(ctx: StageContext, synthetic: bool) -> tuple[list[dict], float]:
+    """The real training cases (+ the synthetic draw) and the synthetic fraction used."""
+    seg, prepared = ctx.cfg.segmentation, ctx.prepared
+    real = prepared.datalist["training"]
+    if not real:
+        raise InputError(prepared.root / "datalist.json", "training split is empty")
+    if not prepared.datalist["validation"]:
+        raise InputError(
+            prepared.root / "datalist.json", "validation split is empty (early stopping needs it)"
+        )
+    fraction = seg.synthetic_fraction if ctx.synthetic_fraction is None else ctx.synthetic_fraction
+    if fraction < 0:
+        raise InputError("--synthetic-fraction", f"must be >= 0, got {fraction}")
+    if synthetic != bool(ctx.synthetic):
+        need = (
+            "needs a synthetic set (--synthetic)"
+            if synthetic
+            else "trains on real data only: drop --synthetic"
+        )
+        raise InputError("STAGE", f"{ctx.name} {need}")
+    if not synthetic:
+        return list(real), fraction
+    items = mix_training(real, synthetic_items(list(ctx.synthetic), prepared.roi), fraction, ctx.seed)
+    return items, fraction
+
+
+def recipe(ctx: StageContext) -> Recipe:
+    """A 3D U-Net (paper II-C) on the real training split, plus synthetic pairs for ``real+synthetic``."""
+    from foscu.config import ARCHS
+    from foscu.data.transforms import SeededDataset, train_transforms
+    from foscu.segmentation.networks import build_segmenter
+
+    arch, task, synthetic, _ = parse_run_name(ctx.name)
+    if arch not in ARCHS:
+        raise InputError("--arch", f"unknown architecture {arch!r} (choose from {', '.join(ARCHS)})")
+    seg, prepared = ctx.cfg.segmentation, ctx.prepared
+    net = build_segmenter(arch, task, seg, prepared.roi, prepared.spacing)  # weights from the stage's seed
+    if task == "multiclass" and prepared.labels != LABELS:
+        raise InputError(
+            prepared.root / "dataset.json",
+            f"labels {prepared.labels} are liver-only: a multiclass model needs {LABELS}",
+        )
+    items, fraction = _training_items(ctx, synthetic)
+    n_real = len(prepared.datalist["training"])
+    info = {
         "arch": arch,
         "task": task,
         "data": str(prepared.root),
-        "roi": list(prepared.roi),
-        "spacing": list(prepared.spacing),
-        "synthetic": [str(p) for p in synthetic],
+        "synthetic": [str(p) for p in ctx.synthetic],
         "synthetic_fraction": fraction,
-        "training_cases": {"real": n_real, "synthetic": n_synthetic},
-        "seed": cfg.seed,
-        "segmentation": cfg.segmentation.model_dump(mode="json", exclude={"seeds"}),  # seeds: Table II's
-        "provenance": provenance(cfg.seed),
+        "training_cases": {"real": n_real, "synthetic": len(items) - n_real},
     }
+    return Recipe(
+        {NET: net},
+        SegmentationLoss(task),
+        SeededDataset(items, train_transforms(task, seg.patch_size, seg.foreground_oversample)),
+        [NET],
+        Validator(
+            prepared.datalist["validation"], task, list(seg.patch_size or prepared.roi), seg.sw_batch_size
+        ),
+        monitor="val_dice",
+        mode="max",
+        info=info,
+        metadata={"arch": arch, "task": task},
+    )
 
 
 def train_segmenter(
@@ -171,88 +242,28 @@ def train_segmenter(
     progress: bool = True,
     seed: int | None = None,
 ) -> tuple[Path, FitResult]:
-    """Train ``arch`` for ``task`` into ``run_folder/seg/<arch>-<task>-<real|real+synthetic>/``.
+    """Train ``arch`` for ``task`` as stage ``seg/<arch>-<task>-<real|real+synthetic>[-seed<k>]`` of the run.
 
     Synthetic sets (nnU-Net layout) join the training split only, ``synthetic_fraction`` synthetic cases
     per real training case (default: the config's). ``seed`` (default: the config's) seeds weights, batch
     order, augmentation and the synthetic draw; another seed than the config's trains into
     ``...-seed<seed>/``. Returns the stage folder and the engine's result.
     """
-    import yaml
-
-    from foscu.config import ARCHS
-    from foscu.data.prepare import read_prepared
-    from foscu.data.transforms import SeededDataset, train_transforms
-    from foscu.engine.loop import STATE, fit
-    from foscu.runs import write_text_atomic
-    from foscu.segmentation.networks import build_segmenter
+    from foscu.runs import RunFolder
+    from foscu.stages import train_stage
 
     if task not in ("binary", "multiclass"):
         raise InputError("--task", f"expected binary or multiclass, got {task!r}")
-    if arch not in ARCHS:
-        raise InputError("--arch", f"unknown architecture {arch!r} (choose from {', '.join(ARCHS)})")
-    suffix = None if seed is None or seed == cfg.seed else seed
-    cfg = cfg if seed is None else cfg.model_copy(update={"seed": seed})
-    seg = cfg.segmentation
-    synthetic = [Path(p) for p in (synthetic or [])]
-    fraction = seg.synthetic_fraction if synthetic_fraction is None else synthetic_fraction
-    if fraction < 0:
-        raise InputError("--synthetic-fraction", f"must be >= 0, got {fraction}")
-    prepared = read_prepared(Path(prepared_root))
-    if task == "multiclass" and prepared.labels != LABELS:
-        raise InputError(
-            prepared.root / "dataset.json",
-            f"labels {prepared.labels} are liver-only: a multiclass model needs {LABELS}",
-        )
-    real, validation = prepared.datalist["training"], prepared.datalist["validation"]
-    if not real:
-        raise InputError(prepared.root / "datalist.json", "training split is empty")
-    if not validation:
-        raise InputError(
-            prepared.root / "datalist.json", "validation split is empty (early stopping needs it)"
-        )
-    import torch
-
-    with torch.random.fork_rng(devices=[]):  # initial weights drawn from the run's seed
-        torch.manual_seed(cfg.seed)
-        net = build_segmenter(arch, task, seg, prepared.roi, prepared.spacing)
-    items = (
-        mix_training(real, synthetic_items(synthetic, prepared.roi), fraction, cfg.seed)
-        if synthetic
-        else real
+    name = "seg/" + run_name(arch, task, bool(synthetic), None if seed is None or seed == cfg.seed else seed)
+    result = train_stage(
+        name,
+        cfg,
+        prepared_root,
+        run_folder,
+        resume,
+        progress,
+        seed=seed,
+        synthetic=synthetic,
+        synthetic_fraction=synthetic_fraction,
     )
-
-    folder = Path(run_folder) / "seg" / run_name(arch, task, bool(synthetic), suffix)
-    stage_cfg = _stage_config(
-        arch, task, cfg, prepared, synthetic, fraction, len(real), len(items) - len(real)
-    )
-    text = yaml.safe_dump(stage_cfg, sort_keys=False)
-    if resume:
-        old = folder / "config.yaml"
-        if old.is_file() and yaml.safe_load(old.read_text())["segmentation"] != stage_cfg["segmentation"]:
-            raise InputError(old, "segmentation config differs from the run being resumed")
-    elif (folder / STATE).is_file():
-        raise InputError(
-            folder, "an earlier run stopped here: pass --resume to continue it, or remove the folder"
-        )
-    write_text_atomic(folder / "config.yaml", text)
-
-    patch = list(seg.patch_size or prepared.roi)
-    train_set = SeededDataset(items, train_transforms(task, seg.patch_size, seg.foreground_oversample))
-    result = fit(
-        folder,
-        {NET: net},
-        SegmentationLoss(task),
-        train_set,
-        seg.train,
-        trainable=[NET],
-        validate=Validator(validation, task, patch, seg.sw_batch_size),
-        monitor="val_dice",
-        mode="max",
-        seed=cfg.seed,
-        resume=resume,
-        description=f"seg {folder.name}",
-        metadata={"arch": arch, "task": task},
-        progress=progress,
-    )
-    return folder, result
+    return RunFolder(run_folder).stage(name), result

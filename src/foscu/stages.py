@@ -1,0 +1,284 @@
+"""STAGES: every trainable stage of a run, its config section, its recipe and what it needs, in one table.
+
+``foscu train STAGE`` and ``foscu seg train`` both end in ``train_stage``: one lookup in the table, the same
+checks (prerequisites trained, the run's prepared set, resume), the same stage folder (``config.yaml`` +
+``model.safetensors``) and the one training engine. ``load_stage`` rebuilds any trained stage from its own
+folder, whatever the current config says. A family module (generative/autoencoders.py, diffusion.py,
+controlnet.py, segmentation/train.py) exports ``recipe(ctx)`` and ``build(info)``; adding a stage is one
+entry here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from foscu.config import FoscuConfig, dump_config, provenance
+from foscu.data.loaders import load_split
+from foscu.data.prepare import PreparedSet, read_prepared
+from foscu.engine import distributed
+from foscu.engine.checkpoint import load_weights
+from foscu.engine.loop import FitResult, Recipe, fit
+from foscu.errors import InputError
+from foscu.generative import autoencoders, controlnet, diffusion, latents
+from foscu.runs import CONFIG, MODEL, RunFolder, write_json_atomic, write_text_atomic
+from foscu.segmentation import train as segmentation
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One row of the table: where a stage's settings live, how it trains, how it is rebuilt."""
+
+    section: str  # the FoscuConfig section it reads
+    recipe: Callable[[StageContext], Recipe]  # networks, loss, data, validation for the engine
+    build: Callable[[dict[str, Any]], dict[str, nn.Module]]  # networks from the stage's config.yaml
+    needs: Callable[[FoscuConfig], tuple[str, ...]] = lambda cfg: ()  # stages trained before it
+    latents: str | None = None  # an encoder's cache name: RUN/latents/<latents>.safetensors
+
+
+def _after(*stages: str) -> Callable[[FoscuConfig], tuple[str, ...]]:
+    return lambda cfg: stages
+
+
+STAGES: dict[str, StageSpec] = {
+    "label-vae": StageSpec(
+        "label_vae", partial(autoencoders.recipe, data="label"), autoencoders.build, latents="label"
+    ),
+    "image-vae": StageSpec(
+        "image_vae", partial(autoencoders.recipe, data="image"), autoencoders.build, latents="image"
+    ),
+    "vqvae": StageSpec("vqvae", autoencoders.vqvae_recipe, autoencoders.build_vq, latents="vqvae"),
+    "label-ldm": StageSpec(
+        "label_ldm", partial(diffusion.recipe, encoder="label-vae"), diffusion.build, _after("label-vae")
+    ),
+    "image-ldm": StageSpec(
+        "image_ldm", partial(diffusion.recipe, encoder="image-vae"), diffusion.build, _after("image-vae")
+    ),
+    "vqvae-ldm": StageSpec(
+        "vqvae_ldm", partial(diffusion.recipe, encoder="vqvae"), diffusion.build, _after("vqvae")
+    ),
+    "controlnet": StageSpec("controlnet", controlnet.recipe, controlnet.build, controlnet.needs),
+    "seg": StageSpec("segmentation", segmentation.recipe, segmentation.build),
+}
+SEG = "seg/"  # segmentation stages are named seg/<arch>-<task>-<real|real+synthetic>[-seed<k>]
+
+
+def spec_for(name: str) -> StageSpec:
+    """The table row of stage ``name`` (``seg/...`` names share the ``seg`` row)."""
+    key = "seg" if name.startswith(SEG) else name
+    if key not in STAGES:
+        generative = ", ".join(k for k in STAGES if k != "seg")
+        raise InputError("STAGE", f"unknown stage {name!r}; stages: {generative}, seg/<arch>-<task>-<data>")
+    return STAGES[key]
+
+
+@dataclass
+class StageContext:
+    """What a recipe may read: the stage's name, config, prepared set, run folder, device and seed."""
+
+    name: str
+    cfg: FoscuConfig
+    prepared: PreparedSet
+    run: RunFolder
+    device: torch.device
+    seed: int
+    synthetic: tuple[Path, ...] = ()  # segmentation: synthetic sets joining the training split
+    synthetic_fraction: float | None = None
+    spec: StageSpec = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.spec = spec_for(self.name)
+
+    @property
+    def section(self) -> Any:
+        return getattr(self.cfg, self.spec.section)
+
+    def load(self, name: str) -> tuple[dict[str, nn.Module], dict[str, Any], dict[str, Any]]:
+        return load_stage(self.run, name)
+
+    def info(self, name: str) -> dict[str, Any]:
+        return read_stage_info(self.run.stage(name))
+
+    def latents(self, encoder: str) -> Path:
+        """RUN/latents/<kind>.safetensors from the encoder now in the run (built once, reused later)."""
+        kind = spec_for(encoder).latents
+        assert kind is not None, f"{encoder} is not an encoder"
+        path, model = self.run.latents(kind), self.run.model(encoder)
+        dist = distributed.current()
+        if dist.is_main and not latents.cache_is_current(path, model):
+            nets, _, info = self.load(encoder)
+            latents.build_cache(
+                path,
+                nets["autoencoder"],
+                model,
+                {s: load_split(self.prepared, s) for s in latents.SPLITS},
+                "label" if info["channels"] > 1 else "image",
+                len(self.prepared.labels),
+                dist.device,
+                self.seed,
+            )
+        distributed.barrier()
+        return path
+
+
+# ---------------------------------------------------------------- reading stages back from their folders
+
+
+def read_stage_info(folder: Path) -> dict[str, Any]:
+    """A stage folder's config.yaml: its name, config section, ROI, labels and what its recipe recorded."""
+    path = Path(folder) / CONFIG
+    if not path.is_file():
+        raise InputError(folder, f"stage {Path(folder).name} has not been trained here (no {CONFIG})")
+    try:
+        info = yaml.safe_load(path.read_text())
+        spec_for(str(info["stage"]))
+    except (yaml.YAMLError, KeyError, TypeError) as err:
+        raise InputError(path, f"not a stage config ({type(err).__name__}: {err})") from None
+    return dict(info)
+
+
+def load_stage_folder(folder: Path) -> tuple[dict[str, nn.Module], dict[str, Any], dict[str, Any]]:
+    """A trained stage's networks (weights loaded, eval mode), its weights' metadata and its config.yaml."""
+    folder = Path(folder)
+    model = folder / MODEL
+    info = read_stage_info(folder)
+    if not model.is_file():
+        raise InputError(folder, f"stage {info['stage']} has no {model.name}: train it first")
+    nets = spec_for(str(info["stage"])).build(info)
+    meta = load_weights(model, nets)
+    for net in nets.values():
+        net.eval().requires_grad_(False)
+    return nets, meta, info
+
+
+def load_stage(run: RunFolder, name: str) -> tuple[dict[str, nn.Module], dict[str, Any], dict[str, Any]]:
+    """``load_stage_folder`` of the run's stage ``name`` (its folder name: ``controlnet``, ``seg/...``)."""
+    return load_stage_folder(run.stage(name))
+
+
+# ---------------------------------------------------------------- checks, before anything is written
+
+
+def check_run_data(run: RunFolder, prepared: PreparedSet) -> dict[str, Any]:
+    """A run belongs to one prepared ROI and label map; a different one is refused. Returns the identity
+    run.json records (written with the stage's first files, so a refused stage leaves nothing)."""
+    identity = {
+        "data": str(prepared.root),
+        "roi": list(prepared.roi),
+        "spacing": list(prepared.spacing),
+        "labels": prepared.labels,
+    }
+    if run.identity.is_file():
+        import json
+
+        known = json.loads(run.identity.read_text())
+        for key in ("roi", "labels"):
+            if known.get(key) != identity[key]:
+                raise InputError(
+                    run.identity,
+                    f"this run was made for {key} {known.get(key)}, but {prepared.root} has "
+                    f"{identity[key]}: use a new --run folder",
+                )
+    return identity
+
+
+def check_prerequisites(run: RunFolder, name: str, cfg: FoscuConfig) -> None:
+    for need in spec_for(name).needs(cfg):
+        if not run.is_trained(need):
+            raise InputError(
+                run.stage(need),
+                f"{name} needs stage {need}, which is not trained in this run: "
+                f"run `foscu train {need}` first",
+            )
+
+
+def check_resume(run: RunFolder, folder: str, section: dict[str, Any], resume: bool) -> None:
+    """A stopped stage continues only with --resume and only with the settings it started with."""
+    if not resume:
+        if run.state(folder).is_file():
+            raise InputError(
+                run.stage(folder),
+                "an earlier run stopped here: pass --resume to continue it, or remove the folder",
+            )
+        return
+    if not run.state(folder).is_file():
+        raise InputError(
+            run.stage(folder), f"nothing to resume: no {run.state(folder).name} (train without --resume)"
+        )
+    old = run.config(folder)
+    if old.is_file():
+        recorded = yaml.safe_load(old.read_text())
+        if (
+            recorded.get("section", recorded.get("segmentation")) != section
+        ):  # "segmentation": older seg folders
+            raise InputError(old, "the stage's config differs from the run being resumed")
+
+
+# ---------------------------------------------------------------- the one entry point
+
+
+def train_stage(
+    name: str,
+    cfg: FoscuConfig,
+    data: Path,
+    run_root: Path,
+    resume: bool = False,
+    progress: bool = True,
+    folder_name: str | None = None,
+    *,
+    seed: int | None = None,
+    synthetic: list[Path] | None = None,
+    synthetic_fraction: float | None = None,
+) -> FitResult:
+    """Train stage ``name`` into ``RUN/<folder_name or name>/`` through the one engine.
+
+    ``folder_name`` lets ablations sit side by side (``controlnet-label_latent``); ``seed`` (default
+    ``cfg.seed``) seeds weights, batch order and augmentation; ``synthetic`` sets join a segmentation
+    stage's training split, ``synthetic_fraction`` synthetic cases per real one.
+    """
+    spec = spec_for(name)
+    dist = distributed.setup()
+    prepared = read_prepared(Path(data))
+    run = RunFolder(run_root)
+    folder = folder_name or name
+    seed = cfg.seed if seed is None else seed
+    section = getattr(cfg, spec.section).model_dump(mode="json", exclude={"seeds"})  # seeds: Table II's
+    check_prerequisites(run, name, cfg)
+    identity = check_run_data(run, prepared)
+    check_resume(run, folder, section, resume)
+    torch.manual_seed(seed)
+    ctx = StageContext(
+        name, cfg, prepared, run, dist.device, seed, tuple(synthetic or ()), synthetic_fraction
+    )
+    recipe = spec.recipe(ctx)
+    info = {
+        "stage": name,
+        "section": section,
+        **recipe.info,
+        "roi": list(prepared.roi),
+        "spacing": list(prepared.spacing),
+        "labels": prepared.labels,
+        "seed": seed,
+        "provenance": provenance(seed),
+    }
+    if dist.is_main:
+        if not run.identity.is_file():
+            write_json_atomic(run.identity, identity)
+        write_text_atomic(run.run_config, dump_config(cfg))
+        write_text_atomic(run.config(folder), yaml.safe_dump(info, sort_keys=False))
+    return fit(
+        run.stage(folder),
+        recipe,
+        getattr(cfg, spec.section).train,
+        seed=seed,
+        resume=resume,
+        description=folder,
+        progress=progress,
+    )
