@@ -84,12 +84,6 @@ def test_prepare_map_by_name_and_value(tiny_phantom, tmp_path):
     assert res.exit_code == 2 and "'kidney' is not a FOSCU label" in res.stderr
 
 
-def test_prepare_dataset_refuses_unknown_labels_value(tiny_phantom, tmp_path):
-    with pytest.raises(InputError, match="labels: expected 'multiclass' or 'binary', got 'multi'"):
-        prepare_dataset(tiny_phantom, tmp_path / "out", (8, 8, 4), labels="multi", progress=False)  # type: ignore[arg-type]
-    assert not (tmp_path / "out").exists()
-
-
 # ---- Medical Segmentation Decathlon ---------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from foscu.data.prepare import (
     split_counts,
     split_patients,
 )
+from foscu.errors import InputError
 from foscu.labels import LIVER, TUMOR
 
 
@@ -190,3 +191,9 @@ def test_skip_invalid_records_the_case(tiny_phantom, tmp_path):
     assert res.exit_code == 0, res.output
     record = json.loads((out / "preparation.json").read_text())
     assert "phantom_0005" in record["skipped"] and "phantom_0005" not in record["cases"]
+
+
+def test_prepare_dataset_refuses_unknown_labels_value(tiny_phantom, tmp_path):
+    with pytest.raises(InputError, match="labels: expected binary or multiclass, got 'multi'"):
+        prepare_dataset(tiny_phantom, tmp_path / "out", (8, 8, 4), labels="multi", progress=False)  # type: ignore[arg-type]
+    assert not (tmp_path / "out").exists()

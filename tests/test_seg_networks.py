@@ -92,3 +92,8 @@ def test_resunet_is_built_of_residual_units(tiny_seg):
     units = [m for m in net.modules() if isinstance(m, ResidualUnit)]
     # encoder levels + bottom: two convolutions each (num_res_units=2); MONAI's decoder steps add one each
     assert [len(u.conv) for u in units] == [2, 2, 2, 1, 1]
+
+
+def test_unknown_arch_is_refused_with_the_choices(tiny_seg):
+    with pytest.raises(InputError, match=r"--arch: unknown architecture 'transformer' \(choose from unet, "):
+        build_segmenter("transformer", "binary", tiny_seg, TINY_ROI, TINY_SPACING)

@@ -121,6 +121,13 @@ def test_missing_prediction_and_foreign_values_are_refused(tmp_path):
         evaluate_segmentation(tmp_path / "pred", tmp_path / "gt", "multiclass")
 
 
+def test_unknown_task_or_convention_is_refused_before_reading(tmp_path):
+    with pytest.raises(InputError, match="--task: expected binary or multiclass, got 'liver'"):
+        evaluate_segmentation(tmp_path / "none", tmp_path / "none", "liver")
+    with pytest.raises(InputError, match="--empty: expected nnunet or monai, got 'sometimes'"):
+        evaluate_segmentation(tmp_path / "none", tmp_path / "none", "binary", empty="sometimes")
+
+
 def test_cli_evaluate_seg_writes_metrics_and_bad_input_exits_2(tmp_path):
     write_cases(tmp_path, {"a": case_with_tumor()})
     out = tmp_path / "m.json"
@@ -141,4 +148,6 @@ def test_cli_evaluate_seg_writes_metrics_and_bad_input_exits_2(tmp_path):
     assert json.loads(out.read_text())["mean"]["hepatic_vein"]["n_valid"] == 0
     bad = CliRunner().invoke(app, [*args[:-2], "--out", str(tmp_path / "x.json"), "--empty", "sometimes"])
     assert bad.exit_code == 2 and "--empty" in bad.output
+    bad_task = CliRunner().invoke(app, [*args[:-4], "--task", "liver", "--out", str(tmp_path / "x.json")])
+    assert bad_task.exit_code == 2 and "error: --task: expected binary or multiclass" in bad_task.output
     assert not (tmp_path / "x.json").exists()

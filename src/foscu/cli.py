@@ -5,8 +5,10 @@ Heavy imports live inside the commands so ``foscu --help`` is instant.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, ParamSpec
 
 import typer
 
@@ -31,12 +33,28 @@ def _root() -> None:
     """FOSCU: synthetic hepatic MRI + labels via Duo-Diffusion, and whether they help 3D U-Nets."""
 
 
-def _fail(err: InputError) -> None:
-    typer.echo(f"error: {err}", err=True)
-    raise typer.Exit(code=2)
+P = ParamSpec("P")
 
 
-@app.command()
+def _command(group: typer.Typer, name: str | None = None) -> Callable[[Callable[P, None]], Callable[P, None]]:
+    """Register a command on ``group``; bad input (InputError) prints ``error: <message>`` and exits 2."""
+
+    def register(command: Callable[P, None]) -> Callable[P, None]:
+        @functools.wraps(command)
+        def run(*args: P.args, **kwargs: P.kwargs) -> None:
+            try:
+                command(*args, **kwargs)
+            except InputError as err:
+                typer.echo(f"error: {err}", err=True)
+                raise typer.Exit(code=2) from None
+
+        group.command(name)(run)
+        return run
+
+    return register
+
+
+@_command(app)
 def phantom(
     out: Annotated[Path, typer.Argument(help="output folder (nnU-Net v2 raw layout)")],
     cases: Annotated[int, typer.Option("--cases", min=1, help="number of cases")] = 40,
@@ -52,19 +70,12 @@ def phantom(
     """Generate the embedded data set: hepatobiliary-phase abdominal MRI phantoms with labels."""
     from foscu.data.phantom import write_phantom_set
 
-    try:
-        if min(shape) < 8:
-            raise InputError("--shape", f"every axis needs at least 8 voxels, got {shape}")
-        if min(spacing) <= 0:
-            raise InputError("--spacing", f"spacing must be positive, got {spacing}")
-        tumors = write_phantom_set(out, cases, shape, spacing, seed, workers or None)
-    except InputError as err:
-        _fail(err)
+    tumors = write_phantom_set(out, cases, shape, spacing, seed, workers or None)
     n_free = sum(1 for n in tumors.values() if n == 0)
     typer.echo(f"wrote {len(tumors)} cases ({n_free} tumor-free) to {out}", err=True)
 
 
-@app.command()
+@_command(app)
 def prepare(
     raw: Annotated[Path, typer.Argument(help="raw set in nnU-Net v2 layout (phantom, converted DICOM, ...)")],
     out: Annotated[Path, typer.Argument(help="output folder: the prepared set")],
@@ -90,22 +101,17 @@ def prepare(
     """Crop the lesion-centred ROI, scale to [0, 1], map labels, split by patient -> datalist.json."""
     from foscu.data.prepare import prepare_dataset
 
-    try:
-        if labels not in ("multiclass", "binary"):
-            raise InputError("--labels", f"expected multiclass or binary, got {labels!r}")
-        record = prepare_dataset(
-            raw,
-            out,
-            roi,
-            center,
-            split,
-            seed,
-            labels,  # type: ignore[arg-type]  # checked against the two values just above
-            skip_invalid,
-            label_map=label_map,  # type: ignore[arg-type]
-        )
-    except InputError as err:
-        _fail(err)
+    record = prepare_dataset(
+        raw,
+        out,
+        roi,
+        center,
+        split,
+        seed,
+        labels,  # type: ignore[arg-type]  # prepare_dataset checks it
+        skip_invalid,
+        label_map=label_map,
+    )
     counts = record["counts"]
     typer.echo(
         f"prepared {sum(counts.values())} cases to {out}: {counts['training']} training, "
@@ -114,7 +120,7 @@ def prepare(
     )
 
 
-@app.command()
+@_command(app)
 def view(
     volume: Annotated[Path, typer.Argument(help="NIfTI image")],
     out: Annotated[Path, typer.Option("--out", help="PNG to write")],
@@ -123,14 +129,11 @@ def view(
     """Axial / coronal / sagittal views through the lesion with a coloured label overlay."""
     from foscu.viz import save_view
 
-    try:
-        save_view(volume, out, label)
-    except InputError as err:
-        _fail(err)
+    save_view(volume, out, label)
     typer.echo(f"wrote {out}", err=True)
 
 
-@app.command()
+@_command(app)
 def convert(
     dicom_root: Annotated[Path, typer.Argument(help="folder tree of DICOM files (any names, any depth)")],
     out: Annotated[Path, typer.Argument(help="output folder: nnU-Net v2 raw layout + conversion.json")],
@@ -141,10 +144,7 @@ def convert(
     """DICOM series -> one NIfTI each (anonymous case ids) + conversion.json; faulty series are refused."""
     from foscu.data.dicom import convert_dicom
 
-    try:
-        record = convert_dicom(dicom_root, out, series)
-    except InputError as err:
-        _fail(err)
+    record = convert_dicom(dicom_root, out, series)
     typer.echo(
         f"converted {len(record['series'])} series to {out}; {len(record['refused'])} refused, "
         f"{len(record['not_selected'])} not selected, {len(record['skipped_files'])} files skipped "
@@ -153,7 +153,7 @@ def convert(
     )
 
 
-@app.command("import")
+@_command(app, "import")
 def import_command(
     fmt: Annotated[str, typer.Argument(metavar="FORMAT", help="msd | totalsegmentator | ircadb | chaos")],
     source: Annotated[Path, typer.Argument(help="the data set folder, in its published layout")],
@@ -172,10 +172,7 @@ def import_command(
     """A public liver set (MSD, TotalSegmentator, 3D-IRCADb, CHAOS) -> raw set with FOSCU's label map."""
     from foscu.data.label_import import import_labels
 
-    try:
-        record = import_labels(fmt, source, out, label_map, classes, sequence)
-    except InputError as err:
-        _fail(err)
+    record = import_labels(fmt, source, out, label_map, classes, sequence)
     typer.echo(
         f"imported {len(record['cases'])} cases to {out}: {record['mapping']}; "
         f"background: {record['unmapped_to_background']} (see import.json)",
@@ -183,19 +180,20 @@ def import_command(
     )
 
 
-@evaluate_app.command("fid")
+@_command(evaluate_app, "fid")
 def evaluate_fid_command(
     real: Annotated[Path, typer.Option("--real", help="real volumes: nnU-Net layout or folder of .nii.gz")],
     fake: Annotated[Path, typer.Option("--fake", help="synthetic volumes, same shape as the real ones")],
     out: Annotated[Path, typer.Option("--out", help="JSON to write")] = Path("fid.json"),
     features: Annotated[
-        str, typer.Option("--features", help="frd (radiomics-style, no download) | inception | radimagenet")
-    ] = "frd",
+        str | None,
+        typer.Option("--features", help="frd (radiomics-style, no download) | inception | radimagenet"),
+    ] = None,
     weights: Annotated[Path | None, typer.Option("--weights", help="network weight file")] = None,
-    slice_stride: Annotated[int, typer.Option("--slice-stride", help="keep every k-th slice")] = 1,
+    slice_stride: Annotated[int | None, typer.Option("--slice-stride", help="keep every k-th slice")] = None,
     central_fraction: Annotated[
-        float, typer.Option("--central-fraction", help="keep this central fraction of slices per axis")
-    ] = 1.0,
+        float | None, typer.Option("--central-fraction", help="keep this central fraction of slices per axis")
+    ] = None,
     download: Annotated[
         bool, typer.Option("--download", help="fetch the inception weights (hash-checked) if absent")
     ] = False,
@@ -203,14 +201,11 @@ def evaluate_fid_command(
     """2.5D Fréchet distances per plane (axial, coronal, sagittal) and their mean: FRD by default, or FID."""
     from foscu.evaluation.fid import evaluate_fid
 
-    try:
-        result = evaluate_fid(real, fake, features, slice_stride, central_fraction, weights, out, download)
-    except InputError as err:
-        _fail(err)
-    typer.echo(f"{result['metric']} mean {result['mean']:.4g} ({features}); wrote {out}", err=True)
+    result = evaluate_fid(real, fake, features, slice_stride, central_fraction, weights, out, download)
+    typer.echo(f"{result['metric']} mean {result['mean']:.4g} ({result['features']}); wrote {out}", err=True)
 
 
-@seg_app.command("train")
+@_command(seg_app, "train")
 def seg_train_command(
     arch: Annotated[str, typer.Option("--arch", help="unet | resunet | wideresunet | dynunet | vnet")],
     task: Annotated[str, typer.Option("--task", help="binary (liver-only) | multiclass")],
@@ -232,26 +227,21 @@ def seg_train_command(
     from foscu.config import load_config
     from foscu.segmentation.train import train_segmenter
 
-    try:
-        if task not in ("binary", "multiclass"):
-            raise InputError("--task", f"expected binary or multiclass, got {task!r}")
-        cfg = load_config(config, overrides)
-        folder, result = train_segmenter(
-            arch,
-            task,  # type: ignore[arg-type]  # checked above
-            cfg,
-            data,
-            run,
-            synthetic,
-            synthetic_fraction,
-            resume,  # type: ignore[arg-type]
-        )
-    except InputError as err:
-        _fail(err)
+    cfg = load_config(config, overrides)
+    folder, result = train_segmenter(
+        arch,
+        task,  # type: ignore[arg-type]  # train_segmenter checks it
+        cfg,
+        data,
+        run,
+        synthetic,
+        synthetic_fraction,
+        resume,
+    )
     typer.echo(f"trained {result.steps} steps, best {result.best}; wrote {folder}", err=True)
 
 
-@seg_app.command("predict")
+@_command(seg_app, "predict")
 def seg_predict_command(
     run: Annotated[Path, typer.Option("--run", help="segmentation run (RUN/seg/<name>) or RUN with one")],
     images: Annotated[Path, typer.Option("--images", help="<case>_0000.nii.gz folder or nnU-Net set root")],
@@ -260,14 +250,11 @@ def seg_predict_command(
     """Sliding-window prediction: one label NIfTI per image, on the image's grid and affine."""
     from foscu.segmentation.predict import predict_folder
 
-    try:
-        written = predict_folder(run, images, out)
-    except InputError as err:
-        _fail(err)
+    written = predict_folder(run, images, out)
     typer.echo(f"predicted {len(written)} cases to {out}", err=True)
 
 
-@evaluate_app.command("seg")
+@_command(evaluate_app, "seg")
 def evaluate_seg_command(
     pred: Annotated[Path, typer.Option("--pred", help="predicted labels: folder of <case>.nii.gz")],
     gt: Annotated[Path, typer.Option("--gt", help="ground truth: <case>.nii.gz folder or nnU-Net set root")],
@@ -280,12 +267,7 @@ def evaluate_seg_command(
     """Dice and HD95 per case and class, class means, false-positive tumor volume -> metrics.json."""
     from foscu.evaluation.segmentation_metrics import evaluate_segmentation
 
-    try:
-        if task not in ("binary", "multiclass"):
-            raise InputError("--task", f"expected binary or multiclass, got {task!r}")
-        result = evaluate_segmentation(pred, gt, task, out, empty)  # type: ignore[arg-type]
-    except InputError as err:
-        _fail(err)
+    result = evaluate_segmentation(pred, gt, task, out, empty)
     typer.echo(
         f"foreground mean Dice {result['foreground_mean']['dice']} over {result['n_cases']} cases; "
         f"wrote {out}",
@@ -293,7 +275,7 @@ def evaluate_seg_command(
     )
 
 
-@app.command()
+@_command(app)
 def train(
     stage: Annotated[
         str,
@@ -316,16 +298,11 @@ def train(
     from foscu.config import load_config
     from foscu.generative.stages import train_stage
 
-    try:
-        result = train_stage(
-            stage, load_config(config, overrides), data, run, resume=resume, folder_name=folder
-        )
-    except InputError as err:
-        _fail(err)
+    result = train_stage(stage, load_config(config, overrides), data, run, resume=resume, folder_name=folder)
     typer.echo(f"{stage}: {result.steps} steps in {result.seconds:.1f} s; {result.last}", err=True)
 
 
-@app.command()
+@_command(app)
 def sample(
     run: Annotated[Path, typer.Option("--run", "--run-folder", help="run folder with trained stages")],
     out: Annotated[Path, typer.Option("--out", help="output folder (nnU-Net layout)")],
@@ -349,16 +326,11 @@ def sample(
     """Generate synthetic (image, label) pairs: label LDM, then image LDM under ControlNet."""
     from foscu.generative.sampling import generate
 
-    try:
-        if sampler is not None and sampler not in ("ddpm", "ddim", "rflow"):
-            raise InputError("--sampler", f"expected ddpm, ddim or rflow, got {sampler!r}")
-        generate(run, n, out, sampler, steps, seed, labels, model, controlnet, batch_size)
-    except InputError as err:
-        _fail(err)
+    generate(run, n, out, sampler, steps, seed, labels, model, controlnet, batch_size)
     typer.echo(f"wrote {out}", err=True)
 
 
-@app.command()
+@_command(app)
 def experiment(
     data: Annotated[Path, typer.Option("--data", help="prepared set (foscu prepare)")],
     run: Annotated[Path, typer.Option("--run", "--run-folder", help="run folder (resumable)")],
@@ -372,33 +344,29 @@ def experiment(
     """The paper's whole protocol: every stage, sampling, Tables I and II, fidelity, report (resumable)."""
     from foscu.experiment import run_experiment
 
-    try:
-        report = run_experiment(config, data, run, overrides or [], only or [])
-    except InputError as err:
-        _fail(err)
+    report = run_experiment(config, data, run, overrides or [], only or [])
     typer.echo(f"report: {report}", err=True)
 
 
-@app.command()
+@_command(app)
 def report(run: Annotated[Path, typer.Argument(help="run folder")]) -> None:
     """Write RUN/report.html (self-contained) and RUN/report.md from what the run holds."""
     from foscu.report import build_report
 
-    try:
-        html_path, md_path = build_report(run)
-    except InputError as err:
-        _fail(err)
+    html_path, md_path = build_report(run)
     typer.echo(f"wrote {html_path} and {md_path}", err=True)
 
 
-@app.command()
+@_command(app)
 def demo(
     out: Annotated[Path, typer.Option("--out", help="folder for the phantom, prepared set and run")] = Path(
         "foscu-demo"
     ),
     config: Annotated[str, typer.Option("--config", help="preset or YAML file")] = "demo",
     overrides: Annotated[list[str] | None, typer.Option("--set", help="override: key.sub=value")] = None,
-    cases: Annotated[int, typer.Option("--cases", min=6, help="phantom cases (70/10/20 split)")] = 30,
+    cases: Annotated[
+        int | None, typer.Option("--cases", min=6, help="phantom cases (70/10/20 split)")
+    ] = None,
 ) -> None:
     """phantom -> prepare -> experiment -> report on the embedded data set (2 CPU cores, <= 15 min).
 
@@ -406,10 +374,7 @@ def demo(
     """
     from foscu.demo import run_demo
 
-    try:
-        report_path = run_demo(out, config, overrides or [], cases=cases)
-    except InputError as err:
-        _fail(err)
+    report_path = run_demo(out, config, overrides, cases=cases)
     typer.echo(f"report: {report_path}", err=True)
 
 

@@ -10,14 +10,40 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from foscu.errors import InputError
+from foscu.labels import TASKS, Task
 
 PRESETS = ("tiny", "demo", "proof", "paper")
+
+Sampler = Literal["ddpm", "ddim", "rflow"]
+SAMPLERS: tuple[Sampler, ...] = get_args(Sampler)
+Arch = Literal["unet", "resunet", "wideresunet", "dynunet", "vnet"]
+ARCHS: tuple[Arch, ...] = get_args(Arch)
+Features = Literal["frd", "inception", "radimagenet"]  # slice features of the 2.5D Fréchet distance
+FEATURES: tuple[Features, ...] = get_args(Features)
+
+
+def _one_of(names: tuple[str, ...]) -> str:
+    return f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def check_sampler(sampler: str) -> Sampler:
+    """``sampler`` as a Sampler; InputError for any other name."""
+    if sampler not in SAMPLERS:
+        raise InputError("--sampler", f"expected {_one_of(SAMPLERS)}, got {sampler!r}")
+    return sampler  # type: ignore[return-value]  # one of SAMPLERS
+
+
+def check_arch(arch: str, where: str = "--arch") -> Arch:
+    """``arch`` as an Arch; InputError (at ``where``) for any other name."""
+    if arch not in ARCHS:
+        raise InputError(where, f"unknown architecture {arch!r} (choose from {', '.join(ARCHS)})")
+    return arch  # type: ignore[return-value]  # one of ARCHS
 
 
 class Section(BaseModel):
@@ -178,7 +204,9 @@ class ControlNetStage(GenerativeStage):
 
 
 class SampleConfig(Section):
-    sampler: Literal["ddpm", "ddim", "rflow"] = "ddim"
+    """``foscu sample`` and the experiment's sampling; a None argument of ``generate`` means these."""
+
+    sampler: Sampler = "ddim"
     steps: int = Field(50, ge=1)
     batch_size: int = Field(4, ge=1)
     n: int | None = Field(
@@ -196,15 +224,11 @@ class ExperimentConfig(Section):
     ablation_samples: int | None = Field(None, ge=1, description="pairs per ablation row (None: as sample.n)")
 
 
-Arch = Literal["unet", "resunet", "wideresunet", "dynunet", "vnet"]
-ARCHS: tuple[Arch, ...] = ("unet", "resunet", "wideresunet", "dynunet", "vnet")
-
-
 class SegmentationConfig(Section):
     """Paper II-C: five 3D U-Nets, Dice + (B)CE, AdamW lr 1e-4, early stopping patience 10 (epochs)."""
 
     archs: list[Arch] = Field(default_factory=lambda: list(ARCHS))
-    tasks: list[Literal["binary", "multiclass"]] = Field(default_factory=lambda: ["binary", "multiclass"])  # type: ignore[arg-type]
+    tasks: list[Task] = Field(default_factory=lambda: list(TASKS))
     channels: list[int] = Field(default_factory=lambda: [16, 32, 64, 128, 256])
     widen_factor: int = Field(2, ge=1, description="WideResUNet: channels x this factor")
     patch_size: list[int] | None = None  # None: the whole prepared ROI
@@ -228,7 +252,9 @@ class SegmentationConfig(Section):
 
 
 class EvaluationConfig(Section):
-    features: Literal["frd", "inception", "radimagenet"] = "frd"
+    """Table I's 2.5D Fréchet distance; these defaults are ``foscu evaluate fid``'s too."""
+
+    features: Features = "frd"
     slice_stride: int = Field(1, ge=1)
     central_fraction: float = Field(1.0, gt=0, le=1)
     # Table I: resamples of the synthetic volumes for a 95 % interval of the mean distance (0: none)
@@ -325,6 +351,7 @@ def dump_config(cfg: FoscuConfig) -> str:
 
 
 def provenance(seed: int) -> dict[str, Any]:
+    """The resolved config as YAML, in the models' field order (what every run folder keeps)."""
     """Package versions and seed, written beside every resolved config."""
     import platform
     from importlib.metadata import PackageNotFoundError, version

@@ -5,9 +5,14 @@ Paper II-A: liver, portal vein, hepatic vein and tumor; background 0.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args, overload
 
 import numpy as np
+
+from foscu.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 BACKGROUND = 0
 LIVER = 1
@@ -23,12 +28,19 @@ LABELS: dict[str, int] = {
     "tumor": TUMOR,
 }
 NUM_CLASSES = len(LABELS)
-CLASS_NAMES: list[str] = list(LABELS)
 
 # liver-only ("binary") view of the paper: every foreground structure counts as liver.
-LIVER_ONLY_LABELS: dict[str, int] = {"background": 0, "liver": 1}
+LIVER_ONLY_LABELS: dict[str, int] = {"background": BACKGROUND, "liver": LIVER}
 
 Task = Literal["binary", "multiclass"]
+TASKS: tuple[Task, ...] = get_args(Task)
+
+
+def check_task(task: str, where: str = "--task") -> Task:
+    """``task`` as a Task; InputError (at ``where``) for any other name."""
+    if task not in TASKS:
+        raise InputError(where, f"expected {' or '.join(TASKS)}, got {task!r}")
+    return task  # type: ignore[return-value]  # one of TASKS
 
 
 def labels_for_task(task: Task) -> dict[str, int]:
@@ -36,19 +48,23 @@ def labels_for_task(task: Task) -> dict[str, int]:
     return dict(LIVER_ONLY_LABELS) if task == "binary" else dict(LABELS)
 
 
+@overload
+def liver_only(label: np.ndarray) -> np.ndarray: ...
+@overload
+def liver_only(label: torch.Tensor) -> torch.Tensor: ...
+def liver_only(label: Any) -> Any:
+    """The liver-only view of an index label volume: every foreground structure becomes LIVER.
+
+    Takes a numpy array or a torch tensor and returns the same kind with the same dtype.
+    """
+    foreground = label != BACKGROUND
+    if isinstance(label, np.ndarray):
+        return np.where(foreground, LIVER, BACKGROUND).astype(label.dtype)
+    return foreground.to(label.dtype) * LIVER
+
+
 def to_task(label: np.ndarray, task: Task) -> np.ndarray:
-    """Map an index label volume (values of LABELS) to the task's label map."""
+    """Map an index label volume (values of LABELS) to the task's label map, as uint8."""
     if task == "binary":
-        return (label != BACKGROUND).astype(np.uint8)
+        return liver_only(label).astype(np.uint8)
     return label.astype(np.uint8)
-
-
-def one_hot(label: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
-    """(X, Y, Z) index volume -> (C, X, Y, Z) float32 one-hot."""
-    eye = np.eye(num_classes, dtype=np.float32)
-    return np.moveaxis(eye[label.astype(np.int64)], -1, 0)
-
-
-def from_one_hot(probabilities: np.ndarray) -> np.ndarray:
-    """(C, X, Y, Z) scores -> (X, Y, Z) uint8 index volume (argmax over channels)."""
-    return np.argmax(probabilities, axis=0).astype(np.uint8)

@@ -30,7 +30,6 @@ from foscu.runs import atomic_folder, write_json_atomic
 GAP_FACTOR = 1.5  # a step above 1.5x the median step means missing slice(s)
 ORIENTATION_TOL = 1e-4  # direction cosines that differ by more are "mixed orientations"
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-__all__ = ["SeriesRefused", "convert_dicom", "scan_dicom_tree", "series_geometry", "read_series_volume"]
 
 
 @dataclass
@@ -120,58 +119,51 @@ def _check_steps(series: Series, along: np.ndarray, slices: list[Slice]) -> None
         )
 
 
-def series_geometry(series: Series) -> Geometry:
-    """Check a series and order its slices along the normal; raise SeriesRefused with the reason."""
+def _plane(series: Series, first: Slice) -> tuple[np.ndarray, np.ndarray]:
+    """The slice plane from ``first``: direction cosines (checked orthonormal) and pixel spacing (> 0)."""
     label = series.label
-    slices, n_dupes = series_slices(series)
-    warnings: list[str] = []
-    if n_dupes:
-        warnings.append(f"{n_dupes} duplicate file(s) or frame(s) (same SOPInstanceUID) ignored")
-    if not series.has_uid:
-        warnings.append(
-            "no SeriesInstanceUID: files grouped by series number, description, acquisition, "
-            "orientation, matrix size and pixel spacing (as dcm2niix does)"
-        )
-    first = slices[0]
     cosines = _floats(first, "ImageOrientationPatient", 6, series)
-    row_dir, col_dir = cosines[:3], cosines[3:]  # LPS directions of increasing column / increasing row
+    row_dir, col_dir = cosines[:3], cosines[3:]
     lengths = np.linalg.norm(row_dir), np.linalg.norm(col_dir)
     if max(abs(lengths[0] - 1), abs(lengths[1] - 1), abs(row_dir @ col_dir)) > 1e-3:
         raise SeriesRefused(f"{label}: ImageOrientationPatient {fmt(cosines)} is not orthonormal")
-    normal = np.cross(row_dir, col_dir)
     pixel_spacing = _floats(first, "PixelSpacing", 2, series)  # (between rows, between columns)
     if np.any(pixel_spacing <= 0):
         raise SeriesRefused(f"{label}: {series.where(first)} has PixelSpacing {fmt(pixel_spacing)} <= 0")
+    return cosines, pixel_spacing
+
+
+def _slice_positions(
+    series: Series, slices: list[Slice], cosines: np.ndarray, pixel_spacing: np.ndarray
+) -> np.ndarray:
+    """ImagePositionPatient of every slice (N, 3), refusing a slice of another orientation or spacing."""
     positions = []
     for piece in slices:
         other, where = _floats(piece, "ImageOrientationPatient", 6, series), series.where(piece)
         if np.max(np.abs(other - cosines)) > ORIENTATION_TOL:
-            raise SeriesRefused(f"{label}: mixed orientations, {fmt(cosines)} and {fmt(other)} ({where})")
+            raise SeriesRefused(
+                f"{series.label}: mixed orientations, {fmt(cosines)} and {fmt(other)} ({where})"
+            )
         if np.max(np.abs(_floats(piece, "PixelSpacing", 2, series) - pixel_spacing)) > 1e-4:
-            raise SeriesRefused(f"{label}: mixed PixelSpacing ({where})")
+            raise SeriesRefused(f"{series.label}: mixed PixelSpacing ({where})")
         positions.append(_floats(piece, "ImagePositionPatient", 3, series))
+    return np.stack(positions)
 
-    # Slice order: position projected on the normal, never file name or InstanceNumber.
-    positions_lps = np.stack(positions)  # (N, 3)
-    along = positions_lps @ normal
-    order = np.argsort(along, kind="stable")
-    positions_lps, along = positions_lps[order], along[order]
-    _check_steps(series, along, slices)
+
+def _check_on_normal(series: Series, positions_lps: np.ndarray, normal: np.ndarray) -> None:
+    """Refuse a gantry tilt: slice positions (ordered) that leave the line along the slice normal."""
     offsets = positions_lps - positions_lps[0]  # (N, 3)
     in_plane = np.linalg.norm(offsets - np.outer(offsets @ normal, normal), axis=1)
     if np.any(in_plane > 0.01 + 1e-3 * np.abs(offsets @ normal)):
         angle = np.degrees(np.arctan2(in_plane[-1], abs(offsets[-1] @ normal)))
         raise SeriesRefused(
-            f"{label}: gantry tilt, slice positions leave the slice normal (about {angle:.2f} degrees)"
+            f"{series.label}: gantry tilt, slice positions leave the slice normal (about {angle:.2f} degrees)"
         )
 
-    # voxel (i=column, j=row, k=slice) -> LPS mm; the slice axis from the measured positions
-    affine_lps = np.eye(4)
-    affine_lps[:3, 0] = row_dir * pixel_spacing[1]
-    affine_lps[:3, 1] = col_dir * pixel_spacing[0]
-    affine_lps[:3, 2] = (positions_lps[-1] - positions_lps[0]) / (len(slices) - 1)
-    affine_lps[:3, 3] = positions_lps[0]
-    step = float(np.linalg.norm(affine_lps[:3, 2]))
+
+def _header_warnings(series: Series, first: Slice, step: float) -> list[str]:
+    """What the headers say a reader should know: thickness beside the step, private scaling, lossy data."""
+    warnings = []
     thickness = first.ds.get("SliceThickness")
     if thickness is not None and abs(float(thickness) - step) > 0.01 * step:
         warnings.append(f"SliceThickness {float(thickness):g} mm differs from the slice step {step:.4g} mm")
@@ -182,6 +174,41 @@ def series_geometry(series: Series) -> Geometry:
         warnings.append(
             "lossy compressed pixel data (LossyImageCompression 01): voxel values are approximate"
         )
+    return warnings
+
+
+def series_geometry(series: Series) -> Geometry:
+    """Check a series and order its slices along the normal; raise SeriesRefused with the reason."""
+    slices, n_dupes = series_slices(series)
+    warnings: list[str] = []
+    if n_dupes:
+        warnings.append(f"{n_dupes} duplicate file(s) or frame(s) (same SOPInstanceUID) ignored")
+    if not series.has_uid:
+        warnings.append(
+            "no SeriesInstanceUID: files grouped by series number, description, acquisition, "
+            "orientation, matrix size and pixel spacing (as dcm2niix does)"
+        )
+    first = slices[0]
+    cosines, pixel_spacing = _plane(series, first)
+    row_dir, col_dir = cosines[:3], cosines[3:]  # LPS directions of increasing column / increasing row
+    normal = np.cross(row_dir, col_dir)
+    positions_lps = _slice_positions(series, slices, cosines, pixel_spacing)  # (N, 3)
+
+    # Slice order: position projected on the normal, never file name or InstanceNumber.
+    along = positions_lps @ normal
+    order = np.argsort(along, kind="stable")
+    positions_lps, along = positions_lps[order], along[order]
+    _check_steps(series, along, slices)
+    _check_on_normal(series, positions_lps, normal)
+
+    # voxel (i=column, j=row, k=slice) -> LPS mm; the slice axis from the measured positions
+    affine_lps = np.eye(4)
+    affine_lps[:3, 0] = row_dir * pixel_spacing[1]
+    affine_lps[:3, 1] = col_dir * pixel_spacing[0]
+    affine_lps[:3, 2] = (positions_lps[-1] - positions_lps[0]) / (len(slices) - 1)
+    affine_lps[:3, 3] = positions_lps[0]
+    step = float(np.linalg.norm(affine_lps[:3, 2]))
+    warnings += _header_warnings(series, first, step)
     ordered = [slices[i] for i in order]
     shape = (int(first.ds.Columns), int(first.ds.Rows), len(ordered))
     spacing = (float(pixel_spacing[1]), float(pixel_spacing[0]), step)
@@ -271,6 +298,28 @@ def _convert_series(series: Series, case_id: str, out: Path, identifiers: set[st
     return converted, True
 
 
+def _series_pattern(series_regex: str | None) -> re.Pattern | None:
+    try:
+        return re.compile(series_regex, re.IGNORECASE) if series_regex is not None else None
+    except re.error as err:
+        raise InputError("--series", f"invalid regular expression {series_regex!r} ({err})") from None
+
+
+def _not_selected(
+    series: dict[str, Series], case_ids: dict[str, str], selected: set[str], identifiers: set[str]
+) -> list[dict]:
+    """conversion.json's entries of the series the filter left out, in case id order."""
+    return [
+        {
+            "case_id": case_ids[uid],
+            "series_uid": uid if s.has_uid else None,
+            "description": redact(s.description, identifiers),
+        }
+        for uid, s in sorted(series.items(), key=lambda item: case_ids[item[0]])
+        if uid not in selected
+    ]
+
+
 def convert_dicom(
     dicom_root: str | Path, out: str | Path, series_regex: str | None = None, progress: bool = True
 ) -> dict:
@@ -286,10 +335,7 @@ def convert_dicom(
     root, out = Path(dicom_root), Path(out)
     if not root.is_dir():
         raise InputError(root, "DICOM folder not found")
-    try:
-        pattern = re.compile(series_regex, re.IGNORECASE) if series_regex is not None else None
-    except re.error as err:
-        raise InputError("--series", f"invalid regular expression {series_regex!r} ({err})") from None
+    pattern = _series_pattern(series_regex)
     if not any(p.is_file() for p in root.rglob("*")):
         raise InputError(root, "folder is empty (no files)")
     series, skipped = scan_dicom_tree(root)
@@ -299,7 +345,6 @@ def convert_dicom(
     identifiers = patient_identifiers(series)
     selected = [s for s in series.values() if pattern is None or pattern.search(s.description)]
     selected.sort(key=lambda s: case_ids[s.uid])
-    selected_uids = {s.uid for s in selected}
     converted: list[dict] = []
     refused: list[dict] = []
     with atomic_folder(out) as tmp, progress_bar("convert", total=len(selected), enabled=progress) as advance:
@@ -316,15 +361,7 @@ def convert_dicom(
             "series_filter": series_regex,
             "series": converted,
             "refused": refused,
-            "not_selected": [
-                {
-                    "case_id": case_ids[uid],
-                    "series_uid": uid if s.has_uid else None,
-                    "description": redact(s.description, identifiers),
-                }
-                for uid, s in sorted(series.items(), key=lambda item: case_ids[item[0]])
-                if uid not in selected_uids
-            ],
+            "not_selected": _not_selected(series, case_ids, {s.uid for s in selected}, identifiers),
             "skipped_files": [{**f, "file": redact(f["file"], identifiers)} for f in skipped],
         }
         write_dataset_json(

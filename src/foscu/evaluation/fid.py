@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from foscu.config import FEATURES, EvaluationConfig
 from foscu.errors import InputError
 
 # the distance maths and the FRD slice features live beside this module; callers import them from here too
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     import torch
 
 PLANES = ("axial", "coronal", "sagittal")
-FEATURES = ("frd", "inception", "radimagenet")
+DEFAULTS = EvaluationConfig()  # features, slice_stride, central_fraction: the config's are the defaults here
 _PLANE_AXIS = {"axial": 2, "coronal": 1, "sagittal": 0}  # the axis a plane's slices are taken along
 
 
@@ -120,25 +121,19 @@ class SetFeatures:
     per_plane: dict[str, np.ndarray]  # plane -> (n_slices, d)
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device``, else the run's device (engine.distributed: this rank's GPU when there is one, else CPU)."""
-    import torch
-
-    if device is not None:
-        return torch.device(device)
-    from foscu.engine import distributed
-
-    return distributed.current().device
-
-
 def _load_net(
     features: str, weights: Path | None, download: bool, device: str | torch.device | None
 ) -> tuple[Any, Path | None]:
+    """The feature network (None for frd) on ``device`` (default: the run's device) and its weight file."""
     if features == "frd":
         return None, None
+    import torch
+
+    from foscu.engine import distributed
     from foscu.evaluation.feature_nets import load_feature_net
 
-    return load_feature_net(features, weights, download, device=_resolve_device(device))
+    on = distributed.current().device if device is None else torch.device(device)
+    return load_feature_net(features, weights, download, device=on)
 
 
 def _volume_features(
@@ -165,28 +160,29 @@ def _volume_features(
     return per_plane
 
 
-def _features_of(
-    name: str,
+def _real_set(
     volumes: Sequence[np.ndarray],
     net: Any,
+    weights_path: Path | None,
     features: str,
     slice_stride: int,
     central_fraction: float,
     batch_size: int,
     progress: bool,
-) -> dict[str, np.ndarray]:
-    """plane -> (n_slices, d) features of every volume's slices, the volumes one after another."""
-    per_volume = _volume_features(
-        name, volumes, net, features, slice_stride, central_fraction, batch_size, progress
-    )
-    return {plane: np.concatenate(chunks) for plane, chunks in per_volume.items()}
+) -> SetFeatures:
+    """The real set's features with a loaded network: per plane every volume's slices, one after another."""
+    settings = (features, slice_stride, central_fraction, batch_size, progress)
+    per_volume = _volume_features("real", volumes, net, *settings)
+    per_plane = {plane: np.concatenate(chunks) for plane, chunks in per_volume.items()}
+    shape = tuple(volumes[0].shape)
+    return SetFeatures(features, slice_stride, central_fraction, weights_path, shape, len(volumes), per_plane)
 
 
 def set_features(
     volumes: Sequence[np.ndarray],
-    features: str = "frd",
-    slice_stride: int = 1,
-    central_fraction: float = 1.0,
+    features: str = DEFAULTS.features,
+    slice_stride: int = DEFAULTS.slice_stride,
+    central_fraction: float = DEFAULTS.central_fraction,
     weights: Path | None = None,
     batch_size: int = 32,
     download: bool = False,
@@ -198,20 +194,19 @@ def set_features(
     Args: as :func:`fid_25d`; the feature network runs on ``device`` (default: the run's device).
     """
     _check_settings(features, slice_stride, central_fraction, weights)
-    shape = _check_volumes("real", volumes)
+    _check_volumes("real", volumes)
     net, weights_path = _load_net(features, weights, download, device)
-    per_plane = _features_of(
-        "real", volumes, net, features, slice_stride, central_fraction, batch_size, progress
+    return _real_set(
+        volumes, net, weights_path, features, slice_stride, central_fraction, batch_size, progress
     )
-    return SetFeatures(features, slice_stride, central_fraction, weights_path, shape, len(volumes), per_plane)
 
 
 def fid_25d(
     real: Sequence[np.ndarray] | SetFeatures,
     fake: Sequence[np.ndarray],
-    features: str = "frd",
-    slice_stride: int = 1,
-    central_fraction: float = 1.0,
+    features: str = DEFAULTS.features,
+    slice_stride: int = DEFAULTS.slice_stride,
+    central_fraction: float = DEFAULTS.central_fraction,
     weights: Path | None = None,
     batch_size: int = 32,
     download: bool = False,
@@ -236,54 +231,58 @@ def fid_25d(
     if bootstrap < 0:
         raise InputError("bootstrap", f"must be >= 0 resamples, got {bootstrap}")
     if isinstance(real, SetFeatures):
-        asked = (features, slice_stride, central_fraction)
-        if (real.features, real.slice_stride, real.central_fraction) != asked:
-            raise ValueError(
-                f"real features were computed with {(real.features, real.slice_stride, real.central_fraction)}"
-                f", not {asked}"
-            )
+        _check_reusable(real, features, slice_stride, central_fraction)
         _check_volumes("fake", fake, real.shape)
-        net, weights_path = _load_net(features, weights or real.weights, download, device)
-        real_set = real
+        weights = weights or real.weights
     else:
         _check_volumes("fake", fake, _check_volumes("real", real))
-        net, weights_path = _load_net(features, weights, download, device)
-        per_plane = _features_of(
-            "real", real, net, features, slice_stride, central_fraction, batch_size, progress
-        )
-        real_set = SetFeatures(
-            features, slice_stride, central_fraction, weights_path, real[0].shape, len(real), per_plane
-        )
+    net, weights_path = _load_net(features, weights, download, device)
+    settings = (features, slice_stride, central_fraction, batch_size, progress)
+    real_set = real if isinstance(real, SetFeatures) else _real_set(real, net, weights_path, *settings)
     if real_set.weights is not None and weights_path is not None and real_set.weights != weights_path:
         raise ValueError(f"real features come from {real_set.weights}, fake ones would from {weights_path}")
-    fake_volumes = _volume_features(
-        "fake", fake, net, features, slice_stride, central_fraction, batch_size, progress
-    )
-    result: dict = {"features": features, "metric": "FRD" if features == "frd" else "FID"}
-    counts = {}
-    for plane in PLANES:
-        real_features = real_set.per_plane[plane]
-        fake_features = np.concatenate(fake_volumes[plane])
-        counts[plane] = {"real": len(real_features), "fake": len(fake_features)}
-        if min(len(real_features), len(fake_features)) < 2:
-            raise InputError("--central-fraction", f"{plane}: fewer than 2 slices per set; keep more slices")
-        scale = _standardiser(real_features, features)
-        result[plane] = frechet_distance(scale(real_features), scale(fake_features))
-    result["mean"] = float(np.mean([result[plane] for plane in PLANES]))
+    fake_volumes = _volume_features("fake", fake, net, *settings)
+    distances, counts = _plane_distances(real_set, fake_volumes, features)
+    result: dict = {"features": features, "metric": "FRD" if features == "frd" else "FID", **distances}
     if bootstrap:
         result.update(bootstrap_interval(real_set, fake_volumes, bootstrap, bootstrap_seed))
+    result.update(n_real=real_set.n_volumes, n_fake=len(fake), slices_per_plane=counts)
     result.update(
-        n_real=real_set.n_volumes,
-        n_fake=len(fake),
-        slices_per_plane=counts,
-        note=_note(features, weights_path),
+        note=_note(features, weights_path), slice_stride=slice_stride, central_fraction=central_fraction
     )
-    result.update(slice_stride=slice_stride, central_fraction=central_fraction)
     if weights_path is not None:
         from foscu.evaluation.feature_nets import sha256
 
         result.update(weights=str(weights_path), weights_sha256=sha256(weights_path))
     return result
+
+
+def _check_reusable(real: SetFeatures, features: str, slice_stride: int, central_fraction: float) -> None:
+    """Real features computed once serve only the settings they were computed with."""
+    asked = (features, slice_stride, central_fraction)
+    if (real.features, real.slice_stride, real.central_fraction) != asked:
+        raise ValueError(
+            f"real features were computed with {(real.features, real.slice_stride, real.central_fraction)}"
+            f", not {asked}"
+        )
+
+
+def _plane_distances(
+    real: SetFeatures, fake: dict[str, list[np.ndarray]], features: str
+) -> tuple[dict[str, float], dict[str, dict[str, int]]]:
+    """Fréchet distance per plane (standardised by the real set) and their mean; slices per set and plane."""
+    distances: dict[str, float] = {}
+    counts = {}
+    for plane in PLANES:
+        real_features = real.per_plane[plane]
+        fake_features = np.concatenate(fake[plane])
+        counts[plane] = {"real": len(real_features), "fake": len(fake_features)}
+        if min(len(real_features), len(fake_features)) < 2:
+            raise InputError("--central-fraction", f"{plane}: fewer than 2 slices per set; keep more slices")
+        scale = _standardiser(real_features, features)
+        distances[plane] = frechet_distance(scale(real_features), scale(fake_features))
+    distances["mean"] = float(np.mean([distances[plane] for plane in PLANES]))
+    return distances, counts
 
 
 def _slice_features(slices: np.ndarray, net: Any, batch_size: int) -> np.ndarray:
@@ -328,9 +327,9 @@ def read_volumes(folder: Path) -> list[np.ndarray]:
 def evaluate_fid(
     real_dir: Path,
     fake_dir: Path,
-    features: str = "frd",
-    slice_stride: int = 1,
-    central_fraction: float = 1.0,
+    features: str | None = None,
+    slice_stride: int | None = None,
+    central_fraction: float | None = None,
     weights: Path | None = None,
     out: Path = Path("fid.json"),
     download: bool = False,
@@ -338,9 +337,13 @@ def evaluate_fid(
     device: str | torch.device | None = None,
 ) -> dict:
     """``foscu evaluate fid``: read both folders, compute :func:`fid_25d` (network on ``device``, default
-    the run's device), write ``out`` atomically."""
+    the run's device), write ``out`` atomically. ``features``, ``slice_stride``, ``central_fraction`` None:
+    the config's defaults (``EvaluationConfig``)."""
     from foscu.runs import write_json_atomic
 
+    features = DEFAULTS.features if features is None else features
+    slice_stride = DEFAULTS.slice_stride if slice_stride is None else slice_stride
+    central_fraction = DEFAULTS.central_fraction if central_fraction is None else central_fraction
     _check_settings(features, slice_stride, central_fraction, weights)
     real = read_volumes(real_dir)
     fake = read_volumes(fake_dir)

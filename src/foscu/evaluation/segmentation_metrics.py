@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 
 from foscu.errors import InputError
-from foscu.labels import LABELS, TUMOR, Task, labels_for_task, to_task
+from foscu.labels import LABELS, TUMOR, Task, check_task, labels_for_task, to_task
 
 Empty = Literal["nnunet", "monai"]
 
@@ -34,6 +34,12 @@ CONVENTIONS: dict[str, str] = {
         "side is empty. Class means are over valid cases; the foreground mean is the mean of class means."
     ),
 }
+
+
+def _check_settings(task: str, empty: str) -> tuple[Task, Empty]:
+    if empty not in CONVENTIONS:
+        raise InputError("--empty", f"expected {' or '.join(CONVENTIONS)}, got {empty!r}")
+    return check_task(task), empty  # type: ignore[return-value]  # a key of CONVENTIONS
 
 
 def _foreground(labels: dict[str, int]) -> dict[str, int]:
@@ -120,15 +126,15 @@ def _read_case(
 
 
 def evaluate_segmentation(
-    pred_dir: Path, gt_dir: Path, task: Task, out: Path | None = None, empty: Empty = "nnunet"
+    pred_dir: Path, gt_dir: Path, task: str, out: Path | None = None, empty: str = "nnunet"
 ) -> dict:
     """Dice and HD95 per case and class, class means, foreground mean, false-positive tumor volume.
 
+    ``task`` is binary (liver-only) or multiclass, ``empty`` a key of ``CONVENTIONS``; InputError otherwise.
     Every ground-truth case needs a prediction ``<case>.nii.gz`` on its grid (else InputError). The result
     is written atomically to ``out`` (metrics.json) when given, and returned.
     """
-    if empty not in CONVENTIONS:
-        raise InputError("--empty", f"expected nnunet or monai, got {empty!r}")
+    _check_settings(task, empty)
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     from foscu.data.layout import case_files
 
@@ -150,13 +156,12 @@ def evaluate_segmentation(
 
 
 def evaluate_cases(
-    pairs: dict[str, tuple[Path, Path]], task: Task, out: Path | None = None, empty: Empty = "nnunet"
+    pairs: dict[str, tuple[Path, Path]], task: str, out: Path | None = None, empty: str = "nnunet"
 ) -> dict:
     """Like :func:`evaluate_segmentation` for explicit ``case id -> (prediction, ground truth)`` files."""
     from foscu.runs import write_json_atomic
 
-    if empty not in CONVENTIONS:
-        raise InputError("--empty", f"expected nnunet or monai, got {empty!r}")
+    task, empty = _check_settings(task, empty)
     labels = labels_for_task(task)
     classes = list(_foreground(labels))
     cases: dict[str, dict[str, dict[str, float | None]]] = {}

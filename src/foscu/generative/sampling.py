@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from foscu.config import SchedulerConfig
+from foscu.config import SampleConfig, Sampler, SchedulerConfig, check_sampler, load_config
 from foscu.engine import distributed
 from foscu.engine.loop import _mix
 from foscu.errors import InputError
@@ -108,9 +108,6 @@ def load_pipeline(run_root: Path, model: str = "duo", controlnet_folder: str = "
     return pipe
 
 
-SAMPLERS = ("ddpm", "ddim", "rflow")
-
-
 def sampler_steps(scheduler: SchedulerConfig, sampler: str, steps: int | None) -> int:
     """The step count ``sampler`` runs: DDPM only with every training timestep, refused otherwise.
 
@@ -118,11 +115,11 @@ def sampler_steps(scheduler: SchedulerConfig, sampler: str, steps: int | None) -
     timesteps, so DDPM over fewer steps than it was trained with returns mostly noise (an exact epsilon oracle
     on N(0, 0.1^2) data ends with std 0.73 after 50 of 1000 steps; DDIM-50 ends with 0.07).
     """
-    if sampler not in SAMPLERS:
-        raise InputError("--sampler", f"expected one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if steps is not None and steps < 1:
+        raise InputError("--steps", f"must be >= 1, got {steps}")
     total = scheduler.num_train_timesteps
-    if sampler != "ddpm":
-        return 50 if steps is None else steps
+    if check_sampler(sampler) != "ddpm":
+        return SampleConfig().steps if steps is None else steps
     if steps is not None and steps != total:
         raise InputError(
             "--steps",
@@ -144,7 +141,8 @@ def denoise(
 ) -> torch.Tensor:
     """Run the reverse process from z_T = noise to z_0 (scaled latent space).
 
-    ``steps`` None: DDPM with all its training timesteps (the only count it samples correctly), DDIM/RFlow 50.
+    ``steps`` None: DDPM with all its training timesteps (the only count it samples correctly), DDIM/RFlow
+    ``SampleConfig``'s default.
     """
     steps = sampler_steps(model.scheduler, sampler, steps)
     scheduler = sampling_scheduler(model.scheduler, model.objective, sampler)  # type: ignore[arg-type]
@@ -236,7 +234,10 @@ def generate_batch(
     return unit_range(images)[:, 0].cpu().numpy(), labels.cpu().numpy().astype(np.uint8)
 
 
-def read_label_folder(folder: Path, pipe: Pipeline) -> list[tuple[str, np.ndarray, np.ndarray]]:
+Given = list[tuple[str, np.ndarray, np.ndarray]]  # mask-to-image: (case id, label, affine) per case
+
+
+def read_label_folder(folder: Path, pipe: Pipeline) -> Given:
     """Label volumes for mask-to-image: (case id, label, affine), checked against the run's grid and label map."""
     from foscu.data.layout import case_files
     from foscu.data.nifti import read_nifti
@@ -260,6 +261,83 @@ def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[start : start + size]
 
 
+def _sample_settings(
+    run: RunFolder, sampler: str | None, steps: int | None, batch_size: int | None
+) -> tuple[Sampler, int | None, int, list[int] | None]:
+    """Sampler, steps, batch size and decode patch: each argument, else the run's config.yaml, else
+    ``SampleConfig``'s default. DDPM keeps ``steps`` None: every training timestep (another count is refused)."""
+    defaults = load_config(str(run.run_config)).sample if run.run_config.is_file() else SampleConfig()
+    checked = check_sampler(defaults.sampler if sampler is None else sampler)
+    if checked != "ddpm" and steps is None:
+        steps = defaults.steps
+    batch_size = defaults.batch_size if batch_size is None else batch_size
+    if batch_size < 1:
+        raise InputError("--batch-size", f"must be >= 1, got {batch_size}")
+    return checked, steps, batch_size, defaults.decode_patch
+
+
+def _checked_pipeline(
+    run_root: Path,
+    model: str,
+    controlnet_folder: str,
+    sampler: Sampler,
+    steps: int | None,
+    labels: Path | None,
+) -> tuple[Pipeline, int, Given | None]:
+    """The networks, the step count they will run and the given label volumes (mask-to-image); a step count
+    an LDM cannot sample with, or labels that do not fit, are refused here, before anything is written."""
+    pipe = load_pipeline(run_root, model, controlnet_folder)
+    steps_run = sampler_steps(pipe.image.scheduler, sampler, steps)
+    if pipe.label is not None:
+        sampler_steps(pipe.label.scheduler, sampler, steps)
+    given = read_label_folder(Path(labels), pipe) if labels is not None else None
+    if given is not None and model != "duo":
+        raise InputError("--labels", "mask-to-image needs the duo model (ControlNet)")
+    return pipe, steps_run, given
+
+
+def _cases(n: int, seed: int, given: Given | None) -> list[tuple[str, int, int]]:
+    """(case id, index, sample seed) of every sample: ``synth_0000``... or ``<label case>_synth``."""
+    if given is None and n < 1:
+        raise InputError("--n", f"must be >= 1, got {n}")
+    total = len(given) if given is not None else n
+    return [
+        (f"synth_{i:04d}" if given is None else f"{given[i][0]}_synth", i, _mix(seed, i))
+        for i in range(total)
+    ]
+
+
+def _write_cases(
+    pipe: Pipeline,
+    cases: list[tuple[str, int, int]],
+    folder: Path,
+    sampler: Sampler,
+    steps: int | None,
+    batch_size: int,
+    given: Given | None,
+    progress: str | None,
+) -> None:
+    """Sample ``cases`` batch by batch into ``folder`` (nnU-Net layout); ``progress``: the progress bar's
+    title (None: no bar)."""
+    from foscu.data.layout import image_path, label_path
+    from foscu.data.nifti import write_nifti
+    from foscu.engine.tracking import progress_bar
+
+    affine = np.diag([*pipe.spacing, 1.0])
+    with progress_bar(progress or "", len(cases), enabled=progress is not None) as advance:
+        for chunk in _batches(cases, batch_size):
+            labels = None
+            if given is not None:
+                labels = torch.from_numpy(np.stack([given[i][1] for _, i, _ in chunk]).astype(np.int64))
+            images, label_maps = generate_batch(pipe, [s for _, _, s in chunk], sampler, steps, labels)
+            for j, (case_id, i, _) in enumerate(chunk):
+                case_affine = given[i][2] if given is not None else affine
+                write_nifti(image_path(folder, case_id), images[j], case_affine)
+                if label_maps is not None:
+                    write_nifti(label_path(folder, case_id), label_maps[j], case_affine, label=True)
+            advance(len(chunk))
+
+
 def generate(
     run_root: Path,
     n: int,
@@ -273,75 +351,45 @@ def generate(
     batch_size: int | None = None,
     progress: bool = True,
 ) -> Path:
-    """``foscu sample``: write N synthetic (image, label) pairs — or images for given labels — to ``out``."""
-    from foscu.config import load_config
-    from foscu.data.layout import image_path, label_path, write_dataset_json
-    from foscu.data.nifti import write_nifti
-    from foscu.engine.tracking import progress_bar
+    """``foscu sample``: write N synthetic (image, label) pairs — or images for given labels — to ``out``.
+
+    ``sampler``, ``steps``, ``batch_size`` None: the run's config.yaml, else ``SampleConfig``'s defaults.
+    Every bad argument is refused before anything is written.
+    """
+    from foscu.data.layout import write_dataset_json
 
     run_root, out = Path(run_root), Path(out)
     dist = distributed.setup()
-    config_file = run_root / "config.yaml"
-    cfg = load_config(str(config_file)) if config_file.is_file() else None
-    sampler = sampler or (cfg.sample.sampler if cfg else "ddim")
-    if sampler not in SAMPLERS:
-        raise InputError("--sampler", f"expected one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    if sampler != "ddpm":  # ddpm: every training timestep unless --steps says otherwise (then refused)
-        steps = steps or (cfg.sample.steps if cfg else 50)
-    batch_size = batch_size or (cfg.sample.batch_size if cfg else 4)
-    pipe = load_pipeline(run_root, model, controlnet_folder)
-    # refuse a step count before anything is written
-    steps_run = sampler_steps(pipe.image.scheduler, sampler, steps)
-    if pipe.label is not None:
-        sampler_steps(pipe.label.scheduler, sampler, steps)
-    pipe.decode_patch = cfg.sample.decode_patch if cfg else None
-    affine = np.diag([*pipe.spacing, 1.0])
-    given = read_label_folder(Path(labels_dir), pipe) if labels_dir is not None else None
-    if given is not None and model != "duo":
-        raise InputError("--labels", "mask-to-image needs the duo model (ControlNet)")
-    total = len(given) if given is not None else n
-    cases = [
-        (f"synth_{i:04d}" if given is None else f"{given[i][0]}_synth", i, _mix(seed, i))
-        for i in range(total)
-    ]
+    sampler, steps, batch_size, decode_patch = _sample_settings(
+        RunFolder(run_root), sampler, steps, batch_size
+    )
+    pipe, steps_run, given = _checked_pipeline(run_root, model, controlnet_folder, sampler, steps, labels_dir)
+    pipe.decode_patch = decode_patch
+    cases = _cases(n, seed, given)
     if out.exists() and any(out.iterdir()):
         raise InputError(out, "output folder exists and is not empty (choose another or remove it)")
     tmp = Path(str(distributed.broadcast_object(str(out.parent / f".tmp-{out.name}-{time.time_ns()}"))))
-    mine = cases[dist.rank :: dist.world_size]
     start = time.perf_counter()
     try:
-        with progress_bar(f"sample {model}", len(mine), enabled=progress and dist.is_main) as advance:
-            for chunk in _batches(mine, batch_size):
-                seeds = [s for _, _, s in chunk]
-                labels = None
-                if given is not None:
-                    labels = torch.from_numpy(np.stack([given[i][1] for _, i, _ in chunk]).astype(np.int64))
-                images, label_maps = generate_batch(pipe, seeds, sampler, steps, labels)
-                for j, (case_id, i, _) in enumerate(chunk):
-                    case_affine = given[i][2] if given is not None else affine
-                    write_nifti(image_path(tmp, case_id), images[j], case_affine)
-                    if label_maps is not None:
-                        write_nifti(label_path(tmp, case_id), label_maps[j], case_affine, label=True)
-                advance(len(chunk))
+        title = f"sample {model}" if progress and dist.is_main else None
+        _write_cases(pipe, cases[dist.rank :: dist.world_size], tmp, sampler, steps, batch_size, given, title)
         distributed.barrier()
         if dist.is_main:
             write_dataset_json(tmp, f"FOSCU synthetic ({model})", len(cases), labels=pipe.labels)
-            write_json_atomic(
-                tmp / "samples.json",
-                {
-                    "model": model,
-                    "sampler": sampler,
-                    "steps": steps_run,
-                    "seed": seed,
-                    "run": str(run_root),
-                    "controlnet": controlnet_folder if model == "duo" else None,
-                    "condition": pipe.condition,
-                    "mask_to_image": given is not None,
-                    "seconds": round(time.perf_counter() - start, 2),
-                    "world_size": dist.world_size,
-                    "cases": {c: {"seed": s} for c, _, s in cases},
-                },
-            )
+            record = {
+                "model": model,
+                "sampler": sampler,
+                "steps": steps_run,
+                "seed": seed,
+                "run": str(run_root),
+                "controlnet": controlnet_folder if model == "duo" else None,
+                "condition": pipe.condition,
+                "mask_to_image": given is not None,
+                "seconds": round(time.perf_counter() - start, 2),
+                "world_size": dist.world_size,
+                "cases": {c: {"seed": s} for c, _, s in cases},
+            }
+            write_json_atomic(tmp / "samples.json", record)
             tmp.rename(out)
         distributed.barrier()
     finally:

@@ -8,9 +8,11 @@ is literal (MONAI's DiceCELoss switches to BCE for one channel). ``num_output_ch
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
+from foscu.config import ARCHS as ARCHS  # the architectures' one origin, also importable from here
+from foscu.config import Arch, check_arch
 from foscu.errors import InputError
 from foscu.labels import Task, labels_for_task
 
@@ -18,9 +20,6 @@ if TYPE_CHECKING:
     from torch import nn
 
     from foscu.config import SegmentationConfig
-
-Arch = Literal["unet", "resunet", "wideresunet", "dynunet", "vnet"]
-ARCHS: tuple[str, ...] = ("unet", "resunet", "wideresunet", "dynunet", "vnet")
 
 # VNet (MONAI) halves every axis four times with 2x2x2 strided convolutions.
 VNET_MULTIPLE = 16
@@ -71,15 +70,13 @@ def required_multiple(
     arch: str, seg_cfg: SegmentationConfig, patch: Sequence[int], spacing: Sequence[float]
 ) -> list[int]:
     """Per axis, the multiple the patch size must be for ``arch`` to map it back to itself."""
-    n_down = len(seg_cfg.channels) - 1
-    if arch in ("unet", "resunet", "wideresunet"):
-        return [2**n_down] * 3
+    arch = check_arch(arch)
     if arch == "vnet":
         return [VNET_MULTIPLE] * 3
     if arch == "dynunet":
         _, strides = dynunet_plan(patch, spacing, len(seg_cfg.channels))
         return [math.prod(s[axis] for s in strides) for axis in range(3)]
-    raise InputError("--arch", f"unknown architecture {arch!r} (choose from {', '.join(ARCHS)})")
+    return [2 ** (len(seg_cfg.channels) - 1)] * 3  # unet, resunet, wideresunet: stride 2 per level
 
 
 def check_patch(
@@ -94,6 +91,90 @@ def check_patch(
             f"{arch} needs a patch (ROI or segmentation.patch_size) that is a multiple of {tuple(multiple)} "
             f"per axis; got {tuple(int(p) for p in patch)}",
         )
+
+
+def _plain_unet(
+    seg_cfg: SegmentationConfig, out_channels: int, patch: list[int], spacing: Sequence[float]
+) -> nn.Module:
+    from monai.networks.nets import DynUNet
+
+    levels = len(seg_cfg.channels)
+    return DynUNet(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=out_channels,
+        kernel_size=[3] * levels,
+        strides=[1] + [2] * (levels - 1),
+        upsample_kernel_size=[2] * (levels - 1),
+        filters=list(seg_cfg.channels),
+        res_block=False,
+    )
+
+
+def _residual_unet(channels: list[int], out_channels: int) -> nn.Module:
+    from monai.networks.nets import UNet
+
+    return UNet(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=out_channels,
+        channels=channels,
+        strides=[2] * (len(channels) - 1),
+        num_res_units=2,
+    )
+
+
+def _resunet(
+    seg_cfg: SegmentationConfig, out_channels: int, patch: list[int], spacing: Sequence[float]
+) -> nn.Module:
+    return _residual_unet(list(seg_cfg.channels), out_channels)
+
+
+def _wideresunet(
+    seg_cfg: SegmentationConfig, out_channels: int, patch: list[int], spacing: Sequence[float]
+) -> nn.Module:
+    return _residual_unet([c * seg_cfg.widen_factor for c in seg_cfg.channels], out_channels)
+
+
+def _dynunet(
+    seg_cfg: SegmentationConfig, out_channels: int, patch: list[int], spacing: Sequence[float]
+) -> nn.Module:
+    from monai.networks.nets import DynUNet
+
+    kernels, strides = dynunet_plan(patch, spacing, len(seg_cfg.channels))
+    levels = len(strides)
+    # deep supervision heads: one per decoder level below the top, at most two (nnU-Net uses all but
+    # the two lowest; at tiny depths this leaves one)
+    heads = max(1, min(2, levels - 2))
+    return DynUNet(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=out_channels,
+        kernel_size=kernels,
+        strides=strides,
+        upsample_kernel_size=strides[1:],
+        filters=list(seg_cfg.channels)[:levels],
+        res_block=False,
+        deep_supervision=levels > 2,
+        deep_supr_num=heads,
+    )
+
+
+def _vnet(
+    seg_cfg: SegmentationConfig, out_channels: int, patch: list[int], spacing: Sequence[float]
+) -> nn.Module:
+    from monai.networks.nets import VNet
+
+    return VNet(spatial_dims=3, in_channels=1, out_channels=out_channels, act=("prelu", {}))
+
+
+_BUILDERS: dict[Arch, Callable[[SegmentationConfig, int, list[int], Sequence[float]], nn.Module]] = {
+    "unet": _plain_unet,
+    "resunet": _resunet,
+    "wideresunet": _wideresunet,
+    "dynunet": _dynunet,
+    "vnet": _vnet,
+}
 
 
 def build_segmenter(
@@ -113,59 +194,13 @@ def build_segmenter(
       supervision; in train mode its output is (B, 1 + heads, C, X, Y, Z).
     - vnet: MONAI ``VNet`` with PReLU activations (fixed 16..256 channels; needs multiples of 16).
     """
-    from monai.networks.nets import DynUNet, UNet, VNet
-
     patch = list(seg_cfg.patch_size or roi)
     if len(patch) != 3:
         raise InputError("segmentation.patch_size", f"expected 3 sizes, got {patch}")
     check_patch(arch, seg_cfg, patch, spacing)
-    out_channels = num_output_channels(task)
-    channels = list(seg_cfg.channels)
-    if len(channels) < 2:
-        raise InputError("segmentation.channels", f"need at least two levels, got {channels}")
-    if arch == "unet":
-        levels = len(channels)
-        return DynUNet(
-            spatial_dims=3,
-            in_channels=1,
-            out_channels=out_channels,
-            kernel_size=[3] * levels,
-            strides=[1] + [2] * (levels - 1),
-            upsample_kernel_size=[2] * (levels - 1),
-            filters=channels,
-            res_block=False,
-        )
-    if arch in ("resunet", "wideresunet"):
-        factor = seg_cfg.widen_factor if arch == "wideresunet" else 1
-        return UNet(
-            spatial_dims=3,
-            in_channels=1,
-            out_channels=out_channels,
-            channels=[c * factor for c in channels],
-            strides=[2] * (len(channels) - 1),
-            num_res_units=2,
-        )
-    if arch == "dynunet":
-        kernels, strides = dynunet_plan(patch, spacing, len(channels))
-        levels = len(strides)
-        # deep supervision heads: one per decoder level below the top, at most two (nnU-Net uses all but
-        # the two lowest; at tiny depths this leaves one)
-        heads = max(1, min(2, levels - 2))
-        return DynUNet(
-            spatial_dims=3,
-            in_channels=1,
-            out_channels=out_channels,
-            kernel_size=kernels,
-            strides=strides,
-            upsample_kernel_size=strides[1:],
-            filters=channels[:levels],
-            res_block=False,
-            deep_supervision=levels > 2,
-            deep_supr_num=heads,
-        )
-    if arch == "vnet":
-        return VNet(spatial_dims=3, in_channels=1, out_channels=out_channels, act=("prelu", {}))
-    raise InputError("--arch", f"unknown architecture {arch!r} (choose from {', '.join(ARCHS)})")
+    if len(seg_cfg.channels) < 2:
+        raise InputError("segmentation.channels", f"need at least two levels, got {list(seg_cfg.channels)}")
+    return _BUILDERS[check_arch(arch)](seg_cfg, num_output_channels(task), patch, spacing)
 
 
 def count_parameters(net: nn.Module) -> int:
