@@ -75,12 +75,13 @@ class Pipeline:
     decode_patch: list[int] | None = None
 
 
-def _latent_model(run: RunFolder, ldm: str, device: torch.device) -> LatentModel:
-    from foscu.generative.stages import load_stage
+def _latent_model(run: RunFolder, ldm: str, device: torch.device) -> tuple[LatentModel, dict[str, Any]]:
+    """An LDM and its autoencoder from their stage folders, and the LDM's config.yaml."""
+    from foscu.stages import load_stage
 
     nets, meta, info = load_stage(run, ldm)
     vae, _, _ = load_stage(run, info["encoder"])
-    return LatentModel(
+    model = LatentModel(
         nets["unet"].to(device),
         SchedulerConfig.model_validate(info["scheduler"]),
         info["objective"],
@@ -88,21 +89,21 @@ def _latent_model(run: RunFolder, ldm: str, device: torch.device) -> LatentModel
         (info["latent_channels"], *info["latent_shape"]),
         vae["autoencoder"].to(device),
     )
+    return model, info
 
 
 def load_pipeline(run_root: Path, model: str = "duo", controlnet_folder: str = "controlnet") -> Pipeline:
     """Every network ``model`` needs, from the run's stage folders (their own config.yaml + weights)."""
-    from foscu.generative.stages import load_stage, read_stage_info
+    from foscu.stages import load_stage
 
     if model not in MODELS:
         raise InputError("--model", f"unknown model {model!r}; choose from {', '.join(MODELS)}")
     run, device = RunFolder(run_root), distributed.current().device
     ldm = "vqvae-ldm" if model == "vqvae-ldm" else "image-ldm"
-    image = _latent_model(run, ldm, device)
-    info = read_stage_info(run, ldm)
+    image, info = _latent_model(run, ldm, device)
     pipe = Pipeline(image, roi=tuple(info["roi"]), spacing=tuple(info["spacing"]), labels=info["labels"])
     if model == "duo":
-        pipe.label = _latent_model(run, "label-ldm", device)
+        pipe.label = _latent_model(run, "label-ldm", device)[0]
         nets, meta, cn_info = load_stage(run, controlnet_folder)
         pipe.controlnet, pipe.condition = nets["controlnet"].to(device), cn_info["condition"]
     return pipe
