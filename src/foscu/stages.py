@@ -215,9 +215,8 @@ def check_resume(run: RunFolder, folder: str, section: dict[str, Any], resume: b
     old = run.config(folder)
     if old.is_file():
         recorded = yaml.safe_load(old.read_text())
-        if (
-            recorded.get("section", recorded.get("segmentation")) != section
-        ):  # "segmentation": older seg folders
+        # older segmentation folders recorded their section under "segmentation"
+        if recorded.get("section", recorded.get("segmentation")) != section:
             raise InputError(old, "the stage's config differs from the run being resumed")
 
 

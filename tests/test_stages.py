@@ -1,0 +1,149 @@
+"""The stage table: a generative stage and a segmentation stage train, refuse and resume the same way."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from foscu.config import load_config
+from foscu.engine import loop
+from foscu.errors import InputError
+from foscu.runs import RunFolder
+from foscu.segmentation.train import parse_run_name
+from foscu.stages import STAGES, load_stage, spec_for, train_stage
+
+# one stage of each family that needs no other stage: the label VAE and a real-only segmenter
+STAGE_NAMES = ["label-vae", "seg/unet-binary-real"]
+
+
+def _weights(path) -> str:
+    digest = hashlib.sha256()
+    for key, tensor in sorted(load_file(str(path)).items()):
+        digest.update(key.encode() + tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _interrupt_at(monkeypatch, stop: int) -> None:
+    """Make the engine's optimiser step raise KeyboardInterrupt at 0-based step ``stop`` (a Ctrl-C)."""
+    real = loop.TrainStep.__call__
+
+    def step(self, batch, index):
+        if index == stop:
+            raise KeyboardInterrupt
+        return real(self, batch, index)
+
+    monkeypatch.setattr(loop.TrainStep, "__call__", step)
+
+
+def test_every_stage_has_a_row_and_names_resolve_to_it():
+    assert list(STAGES) == [
+        "label-vae", "image-vae", "vqvae", "label-ldm", "image-ldm", "vqvae-ldm", "controlnet", "seg"
+    ]  # fmt: skip
+    assert spec_for("seg/unet-multiclass-real+synthetic-seed2") is STAGES["seg"]
+    cfg = load_config("tiny")
+    assert STAGES["label-ldm"].needs(cfg) == ("label-vae",)
+    assert STAGES["controlnet"].needs(cfg) == ("image-vae", "image-ldm")  # label_fullres: no label VAE
+    latent = cfg.model_copy(
+        update={"controlnet": cfg.controlnet.model_copy(update={"condition": "label_latent"})}
+    )
+    assert STAGES["controlnet"].needs(latent) == ("label-vae", "image-vae", "image-ldm")
+    with pytest.raises(InputError, match="unknown stage 'unet'"):
+        spec_for("unet")
+    assert parse_run_name("seg/unet-multiclass-real+synthetic-seed2") == ("unet", "multiclass", True, 2)
+    for bad in ("seg/unet-3d-real", "seg/unet-binary-fake", "seg/unet-binary-real-7"):
+        with pytest.raises(InputError, match="is not seg/"):
+            parse_run_name(bad)
+
+
+@pytest.mark.parametrize("name", STAGE_NAMES)
+def test_a_stage_on_another_prepared_roi_is_refused_in_the_run(tiny_phantom, tiny_prepared, tmp_path, name):
+    from foscu.data.prepare import prepare_dataset
+
+    smaller = tmp_path / "smaller"
+    prepare_dataset(tiny_phantom, smaller, roi=(16, 16, 16), split=(0.5, 0.17, 0.33), seed=0, progress=False)
+    run = RunFolder(tmp_path / "run")
+    cfg = load_config("tiny")
+    first = "seg/unet-binary-real" if name == "label-vae" else "label-vae"
+    train_stage(first, cfg, tiny_prepared, run.root, progress=False)
+    with pytest.raises(InputError, match="this run was made for roi"):
+        train_stage(name, cfg, smaller, run.root, progress=False)
+    assert not run.stage(name).exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("label-ldm", "needs stage label-vae"),
+        ("seg/unet-binary-real+synthetic", "needs a synthetic set"),
+    ],
+)
+def test_out_of_order_stages_are_refused_and_write_nothing(tiny_prepared, tmp_path, name, problem):
+    run = tmp_path / "run"
+    with pytest.raises(InputError, match=problem):
+        train_stage(name, load_config("tiny"), tiny_prepared, run, progress=False)
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("name", STAGE_NAMES)
+def test_a_stopped_stage_resumes_only_when_asked_and_ends_as_if_never_stopped(
+    tiny_prepared, tmp_path, monkeypatch, name
+):
+    cfg = load_config("tiny")  # 4 steps, checkpoint every 2
+    whole = RunFolder(tmp_path / "whole")
+    train_stage(name, cfg, tiny_prepared, whole.root, progress=False)
+
+    stopped = RunFolder(tmp_path / "stopped")
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, 3)  # steps 0-2 done, checkpoint at 2
+        with pytest.raises(KeyboardInterrupt):
+            train_stage(name, cfg, tiny_prepared, stopped.root, progress=False)
+    assert stopped.is_stopped(name) and not stopped.is_trained(name)
+    # 1. without --resume: refused, the stopped folder untouched
+    before = stopped.config(name).read_text()
+    with pytest.raises(InputError, match="pass --resume"):
+        train_stage(name, cfg, tiny_prepared, stopped.root, progress=False)
+    assert stopped.config(name).read_text() == before
+    # 2. with other settings: refused
+    other = cfg.model_copy(update={spec_for(name).section: _with_lr(getattr(cfg, spec_for(name).section))})
+    with pytest.raises(InputError, match="differs from the run being resumed"):
+        train_stage(name, other, tiny_prepared, stopped.root, resume=True, progress=False)
+    # 3. resumed: the same weights as the run never stopped
+    result = train_stage(name, cfg, tiny_prepared, stopped.root, resume=True, progress=False)
+    assert result.steps == 4 and stopped.is_trained(name)
+    assert _weights(stopped.model(name)) == _weights(whole.model(name))
+    # 4. --resume on a finished stage has nothing to resume
+    (stopped.state(name)).unlink()
+    with pytest.raises(InputError, match="nothing to resume"):
+        train_stage(name, cfg, tiny_prepared, stopped.root, resume=True, progress=False)
+
+
+def _with_lr(section):
+    return section.model_copy(update={"train": section.train.model_copy(update={"lr": 0.5})})
+
+
+@pytest.mark.parametrize("name", STAGE_NAMES)
+def test_any_trained_stage_is_rebuilt_from_its_own_folder(tiny_prepared, tmp_path, name):
+    run = RunFolder(tmp_path / "run")
+    train_stage(name, load_config("tiny"), tiny_prepared, run.root, progress=False)
+    info = yaml.safe_load(run.config(name).read_text())
+    assert info["stage"] == name and info["seed"] == 0 and info["roi"] == [32, 32, 16]
+    nets, meta, loaded = load_stage(run, name)
+    assert loaded == info and not any(net.training for net in nets.values())
+    saved = load_file(str(run.model(name)))
+    for net_name, net in nets.items():
+        for key, value in net.state_dict().items():
+            assert (saved[f"{net_name}.{key}"] == value).all(), key
+    # a run belongs to one prepared set: a stage on another ROI is refused
+    assert yaml.safe_load(run.identity.read_text())["roi"] == [32, 32, 16]
+
+
+def test_a_stage_trained_with_another_seed_records_it(tiny_prepared, tmp_path):
+    run = RunFolder(tmp_path / "run")
+    cfg = load_config("tiny")
+    train_stage("seg/unet-binary-real-seed7", cfg, tiny_prepared, run.root, progress=False, seed=7)
+    assert yaml.safe_load(run.config("seg/unet-binary-real-seed7").read_text())["seed"] == 7
+    # the run's config keeps the config's own seed
+    assert yaml.safe_load(run.run_config.read_text())["seed"] == cfg.seed
