@@ -80,3 +80,10 @@ def test_memorization_needs_training_and_held_out_cases():
         memorization_audit({"s": _smooth_volume(0)}, {}, {"h": _smooth_volume(1)})
     with pytest.raises(ValueError, match="percentile"):
         memorization_audit({}, {"r": _smooth_volume(1)}, {"h": _smooth_volume(2)}, percentile=0)
+
+
+@pytest.mark.parametrize("side", [5, 9, 25, 50, 100])
+def test_ms_ssim_fits_sides_where_monai_needs_fewer_scales(side):
+    """MONAI refuses a side of fewer than kernel * (scales - 1)**2 voxels; such volumes get fewer scales."""
+    v = np.random.default_rng(0).random((side, side, side)).astype(np.float32)
+    assert ms_ssim(v, v) == pytest.approx(1.0, abs=1e-4)

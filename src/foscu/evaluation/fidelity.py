@@ -1,7 +1,8 @@
-"""Is the synthetic data any good, and is it safe? Pair fidelity, diversity and a memorization audit.
+"""Is the synthetic data varied, and is it safe? Diversity and a memorization audit of synthetic volumes.
 
-- Pair fidelity: a segmenter trained on real data only segments each synthetic image; Dice against the label
-  it was generated from says whether ControlNet conditioning put the anatomy where the label says.
+Pair fidelity (a real-only segmenter's Dice on each synthetic image against the label it was generated
+from) is a segmentation score, computed with evaluation/segmentation_metrics, not here.
+
 - Diversity: mean MS-SSIM (MONAI) over random pairs of synthetic volumes, beside the same figure for real
   volumes; near 1 means the generator repeats itself (mode collapse).
 - Memorization: each synthetic volume's nearest real training case by Pearson correlation; a sample closer
@@ -18,14 +19,27 @@ import numpy as np
 
 
 def _ms_ssim_settings(shape: Sequence[int]) -> tuple[int, list[float]]:
-    """Kernel size and scale weights that fit ``shape`` (MONAI's 5 scales need >= 161 voxels a side)."""
+    """Kernel size and scale weights that fit ``shape``: a 7-voxel kernel (3 below 14 voxels a side) and as
+    many of MONAI's five scale weights (renormalised) as the smallest side holds."""
     weights = [0.0448, 0.2856, 0.3001, 0.2363, 0.1333]
-    kernel = 7 if min(shape) >= 7 * 2 else 3
+    side = min(shape)
+    kernel = 7 if side >= 7 * 2 else 3
     levels = len(weights)
-    while levels > 1 and min(shape) < (kernel - 1) * 2 ** (levels - 1) + 1:
+    while levels > 1 and not _scales_fit(side, kernel, levels):
         levels -= 1
     used = weights[:levels]
     return kernel, [w / sum(used) for w in used]
+
+
+def _scales_fit(side: int, kernel: int, levels: int) -> bool:
+    """Whether ``levels`` scales fit a side of ``side`` voxels: at least ``(kernel - 1) * 2**(levels - 1) + 1``
+    voxels, what MONAI's compute_ms_ssim requires (``side // (levels - 1)**2 > kernel - 1``), and the kernel
+    still fits the coarsest scale after ``levels - 1`` halvings."""
+    return (
+        side >= (kernel - 1) * 2 ** (levels - 1) + 1
+        and side // max(1, levels - 1) ** 2 > kernel - 1
+        and side // 2 ** (levels - 1) >= kernel
+    )
 
 
 def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
@@ -105,6 +119,18 @@ def memorization_audit(
     held = np.stack([_standardise(v, downsample) for v in held_out.values()])  # (H, V)
     held_nn = (held @ real.T).max(axis=1)  # (H,) each held-out case's nearest training correlation
     threshold = float(np.percentile(held_nn, percentile))
+    samples = _nearest_training(synthetic, real, real_ids, threshold, downsample)
+    return _audit_record(samples, held_nn, threshold, percentile, downsample)
+
+
+def _nearest_training(
+    synthetic: Mapping[str, np.ndarray],
+    real: np.ndarray,
+    real_ids: list[str],
+    threshold: float,
+    downsample: int,
+) -> dict[str, dict[str, Any]]:
+    """Per synthetic volume: its nearest training case (rows of ``real``), their correlation, near copy or not."""
     samples: dict[str, dict[str, Any]] = {}
     for sid, volume in synthetic.items():
         corr = real @ _standardise(volume, downsample)
@@ -114,6 +140,16 @@ def memorization_audit(
             "correlation": float(corr[k]),
             "near_copy": bool(corr[k] > threshold),
         }
+    return samples
+
+
+def _audit_record(
+    samples: dict[str, dict[str, Any]],
+    held_nn: np.ndarray,
+    threshold: float,
+    percentile: float,
+    downsample: int,
+) -> dict:
     nearest = [s["correlation"] for s in samples.values()]
     return {
         "method": f"Pearson correlation of {downsample}x block-averaged volumes; near copy = above the "
