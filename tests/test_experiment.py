@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 from foscu.cli import app
 
 runner = CliRunner()
+GENERATIVE_ORDER = ("label-vae", "image-vae", "label-ldm", "image-ldm", "controlnet", "vqvae", "vqvae-ldm")
+TINY_ABLATION = ("label_latent", "label_downsampled", "label_fractions")  # tiny conditions on label_fullres
 
 
 def _experiment_args(prepared, run) -> list[str]:
@@ -29,6 +31,44 @@ def _experiment_args(prepared, run) -> list[str]:
         "--set",
         "sample.n=3",
     ]
+
+
+# (name, group, outputs under the run folder) of the tiny protocol: a run folder from an earlier version
+# resumes only if these never change (the order also fixes what each step's seed produces)
+TINY_STEPS = [
+    *[(f"train {s}", "train", [f"{s}/metrics.json"]) for s in GENERATIVE_ORDER],
+    *[(f"train controlnet-{c}", "train", [f"controlnet-{c}/metrics.json"]) for c in TINY_ABLATION],
+    ("sample Duo-Diffusion", "sample", ["samples/samples.json"]),
+    ("sample 3D-LDM w/ VAE", "sample", ["baselines/image-ldm/samples.json"]),
+    ("sample 3D-LDM w/ VQ-VAE", "sample", ["baselines/vqvae-ldm/samples.json"]),
+    ("reconstruct with the image VAE", "sample", ["baselines/vae-reconstruction/dataset.json"]),
+    ("ladder: reconstruct the test images", "sample", ["ladder/vae/dataset.json"]),
+    ("ladder: images from the real test masks", "sample", ["ladder/mask_to_image/samples.json"]),
+    *[(f"sample ablation {c}", "sample", [f"ablation/{c}/samples.json"]) for c in TINY_ABLATION],
+    ("Table I (2.5D Fréchet distances)", "table1", ["evaluation/table1.json"]),
+    (
+        "pair fidelity, diversity, memorization",
+        "fidelity",
+        ["evaluation/pair_fidelity.json", "evaluation/diversity.json", "evaluation/memorization.json"],
+    ),
+    ("fidelity ladder", "fidelity", ["evaluation/ladder.json"]),
+    ("label realism", "fidelity", ["evaluation/label_realism.json"]),
+    ("Table II (segmentation grid)", "table2", ["evaluation/table2.json"]),
+    ("report", "report", []),
+]
+
+
+def test_steps_keep_their_names_groups_order_and_outputs(tiny_prepared, tmp_path):
+    from foscu.config import load_config
+    from foscu.experiment import Protocol
+
+    run = tmp_path / "run"
+    steps = Protocol(load_config("tiny"), tiny_prepared, run, progress=False).steps()
+    got = [(s.name, s.group, [p.relative_to(run).as_posix() for p in s.outputs]) for s in steps]
+    assert got == TINY_STEPS
+    off = Protocol(load_config("tiny", ["experiment.ablation=false"]), tiny_prepared, run).steps()
+    without = [name for name, _, _ in TINY_STEPS if not any(c in name for c in TINY_ABLATION)]
+    assert [s.name for s in off] == without
 
 
 @pytest.fixture(scope="module")
