@@ -118,7 +118,7 @@ def _on_grid(mask_path: Path, image_affine: np.ndarray, shape: tuple[int, ...]) 
     return vol.array
 
 
-def read_msd(root: Path, classes: Path | None = None) -> tuple[Iterator[ForeignCase], dict[str, int]]:
+def read_msd(root: Path) -> tuple[Iterator[ForeignCase], dict[str, int]]:
     """MSD layout: dataset.json {"labels": {"0": "background", "1": "liver", ...}}, imagesTr, labelsTr."""
     meta_path = root / "dataset.json"
     if not meta_path.is_file():
@@ -189,7 +189,7 @@ def _totalsegmentator_cases(folders: list[Path], class_map: dict[str, int] | Non
         yield ForeignCase(folder.name, image.array, image.affine, masks, str(folder))
 
 
-def read_ircadb(root: Path, classes: Path | None = None) -> tuple[Iterator[ForeignCase], dict[str, int]]:
+def read_ircadb(root: Path) -> tuple[Iterator[ForeignCase], dict[str, int]]:
     """3D-IRCADb: ``3Dircadb1.N/PATIENT_DICOM`` and ``MASKS_DICOM/<structure>/`` (0 / 255 DICOM masks)."""
     found = (
         [root / "PATIENT_DICOM"]
@@ -247,15 +247,20 @@ def _chaos_cases(root: Path, sequence: str) -> Iterator[ForeignCase]:
         yield ForeignCase(f"chaos_{patient.name}", image, geometry.affine, masks, str(patient))
 
 
-FORMATS = {"msd": read_msd, "totalsegmentator": read_totalsegmentator, "ircadb": read_ircadb}
+FORMATS = ("msd", "totalsegmentator", "ircadb", "chaos")
 
 
 def _read(fmt: str, root: Path, classes: Path | None, sequence: str) -> tuple[Iterator[ForeignCase], dict]:
+    """The cases and structure names (name -> value, -1 where masks are per structure) of a format."""
+    if fmt == "msd":
+        return read_msd(root)
+    if fmt == "totalsegmentator":
+        return read_totalsegmentator(root, classes)
+    if fmt == "ircadb":
+        return read_ircadb(root)
     if fmt == "chaos":
         return read_chaos(root, sequence)
-    if fmt not in FORMATS:
-        raise InputError("FORMAT", f"expected one of {', '.join([*FORMATS, 'chaos'])}, got {fmt!r}")
-    return FORMATS[fmt](root, classes)
+    raise InputError("FORMAT", f"expected one of {', '.join(FORMATS)}, got {fmt!r}")
 
 
 def _iter_written(

@@ -30,10 +30,12 @@ def images_dir(root: Path, split: str = "Tr") -> Path:
 
 
 def image_path(root: Path, case_id: str, split: str = "Tr") -> Path:
+    """A case's image (channel 0): ``<root>/imagesTr/<case>_0000.nii.gz``."""
     return images_dir(root, split) / f"{case_id}{CHANNEL_SUFFIX}{FILE_ENDING}"
 
 
 def label_path(root: Path, case_id: str, split: str = "Tr") -> Path:
+    """A case's label: ``<root>/labelsTr/<case>.nii.gz``."""
     return Path(root) / f"labels{split}" / f"{case_id}{FILE_ENDING}"
 
 
@@ -62,6 +64,7 @@ def write_dataset_json(
 
 
 def read_dataset_json(root: Path) -> dict:
+    """A set's dataset.json, refused (InputError) when missing, not JSON or without a label map."""
     path = Path(root) / "dataset.json"
     if not path.is_file():
         raise InputError(path, "missing dataset.json (expected an nnU-Net v2 raw data set)")

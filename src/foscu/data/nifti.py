@@ -21,6 +21,7 @@ class Volume:
 
     @property
     def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along i, j, k (the affine's column lengths)."""
         s = np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
         return (float(s[0]), float(s[1]), float(s[2]))
 
