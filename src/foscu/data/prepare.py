@@ -28,7 +28,7 @@ from foscu.data.layout import (
 )
 from foscu.data.nifti import Volume, read_nifti, write_nifti
 from foscu.errors import InputError
-from foscu.labels import LABELS, LIVER, TUMOR, Task, check_task, labels_for_task, liver_only
+from foscu.labels import BACKGROUND, LABELS, TUMOR, Task, check_task, labels_for_task, liver_only
 from foscu.runs import atomic_folder, write_json_atomic
 
 SPLITS = ("training", "validation", "test")
@@ -97,8 +97,9 @@ def lesion_center(label: np.ndarray) -> tuple[tuple[float, float, float], str]:
         sizes = ndimage.sum(tumor, components, index=range(1, n + 1))
         biggest = int(np.argmax(sizes)) + 1
         return tuple(ndimage.center_of_mass(components == biggest)), "tumor"  # type: ignore[return-value]
-    if (label != 0).any():
-        return tuple(ndimage.center_of_mass(label >= LIVER)), "liver"  # type: ignore[return-value]
+    foreground = label != BACKGROUND
+    if foreground.any():  # the whole organ: liver with its vessels
+        return tuple(ndimage.center_of_mass(foreground)), "liver"  # type: ignore[return-value]
     return tuple((np.asarray(label.shape) - 1) / 2.0), "volume"  # type: ignore[return-value]
 
 
