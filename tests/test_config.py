@@ -97,7 +97,7 @@ def test_paper_preset_uses_pytorch_adamw_default_weight_decay_for_generative_sta
         ("label_ldm.unet.chanels=[8, 16]", ["label_ldm.unet", "chanels", "DiffusionModelUNet"]),
         ("image_vae.autoencoder.latent_chanels=4", ["image_vae.autoencoder", "latent_chanels"]),
         ("vqvae.vqvae.embeding_dim=4", ["vqvae.vqvae", "embeding_dim"]),
-        ("image_vae.discriminator.layers=3", ["image_vae.discriminator", "layers"]),
+        ("image_vae.discriminator.layers=3", ["image_vae.discriminator"]),
         ("image_vae.autoencoder.in_channels=3", ["image_vae.autoencoder", "in_channels"]),
         ("sample.sampler=ddpm", ["sample.steps", "50 training timesteps"]),
     ],
@@ -133,3 +133,16 @@ def test_cli_refuses_a_monai_typo_in_one_line_writing_nothing(tiny_prepared, tmp
     assert result.exit_code == 2
     assert len(result.output.strip().splitlines()) == 1 and "num_res_blok" in result.output
     assert not run.exists()
+
+
+def test_sampler_and_arch_names_have_one_origin_and_one_message():
+    from foscu.config import ARCHS, SAMPLERS, SampleConfig, SegmentationConfig, check_arch, check_sampler
+    from foscu.labels import TASKS
+
+    assert SAMPLERS == ("ddpm", "ddim", "rflow") and SampleConfig().sampler in SAMPLERS
+    assert SegmentationConfig().archs == list(ARCHS) and SegmentationConfig().tasks == list(TASKS)
+    assert check_sampler("rflow") == "rflow" and check_arch("vnet", "archs") == "vnet"
+    with pytest.raises(InputError, match="--sampler: expected ddpm, ddim or rflow, got 'dim'"):
+        check_sampler("dim")
+    with pytest.raises(InputError, match=r"archs: unknown architecture 'vit' \(choose from unet, resunet"):
+        check_arch("vit", "archs")

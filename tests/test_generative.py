@@ -325,6 +325,21 @@ def test_generate_refuses_a_misspelt_sampler(tiny_run, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_generate_refuses_counts_below_one_and_defaults_to_the_sample_config(tmp_path):
+    from foscu.config import SampleConfig, SchedulerConfig
+    from foscu.errors import InputError
+    from foscu.generative.sampling import _cases, generate, sampler_steps
+
+    with pytest.raises(InputError, match="--batch-size: must be >= 1, got 0"):
+        generate(tmp_path / "run", 1, tmp_path / "x", batch_size=0, progress=False)
+    with pytest.raises(InputError, match="--steps: must be >= 1, got 0"):
+        sampler_steps(SchedulerConfig(), "ddim", 0)
+    with pytest.raises(InputError, match="--n: must be >= 1, got 0"):
+        _cases(0, 0, None)
+    assert not (tmp_path / "x").exists()
+    assert sampler_steps(SchedulerConfig(), "ddim", None) == SampleConfig().steps
+
+
 def test_unit_range_scales_each_volume_to_zero_one():
     from foscu.generative.sampling import unit_range
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from foscu.errors import InputError
 from foscu.labels import Task, labels_for_task
+from foscu.runs import CONFIG, MODEL
 
 if TYPE_CHECKING:
     import torch
@@ -21,8 +22,6 @@ if TYPE_CHECKING:
 
     from foscu.config import SegmentationConfig
 
-CONFIG = "config.yaml"
-MODEL = "model.safetensors"
 NET = "segmenter"  # the network's name inside model.safetensors
 OVERLAP = 0.5
 
