@@ -47,6 +47,8 @@ def check_arch(arch: str, where: str = "--arch") -> Arch:
 
 
 class Section(BaseModel):
+    """A config section: closed, so an unknown key fails at load naming itself."""
+
     model_config = ConfigDict(extra="forbid")
 
 
@@ -347,11 +349,11 @@ def load_config(source: str, overrides: list[str] | None = None) -> FoscuConfig:
 
 
 def dump_config(cfg: FoscuConfig) -> str:
+    """The resolved config as YAML, in the models' field order (what every run folder keeps)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
 def provenance(seed: int) -> dict[str, Any]:
-    """The resolved config as YAML, in the models' field order (what every run folder keeps)."""
     """Package versions and seed, written beside every resolved config."""
     import platform
     from importlib.metadata import PackageNotFoundError, version

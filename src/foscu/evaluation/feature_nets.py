@@ -287,6 +287,7 @@ def download_weights(name: str, path: Path) -> None:
 
 
 def sha256(path: Path) -> str:
+    """The SHA-256 hex digest of a file (recorded beside every FID that used its weights)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):

@@ -65,6 +65,9 @@ def unit_range(images: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Pipeline:
+    """The networks one ``model`` samples with (the image LDM; for duo also the label LDM and ControlNet) and
+    the run's grid and label map."""
+
     image: LatentModel
     label: LatentModel | None = None
     controlnet: nn.Module | None = None
