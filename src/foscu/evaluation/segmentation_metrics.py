@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 
 from foscu.errors import InputError
-from foscu.labels import LABELS, TUMOR, Task, check_task, labels_for_task, to_task
+from foscu.labels import BACKGROUND, LABELS, TUMOR, Task, check_task, labels_for_task, to_task
 
 Empty = Literal["nnunet", "monai"]
 
@@ -43,7 +43,7 @@ def _check_settings(task: str, empty: str) -> tuple[Task, Empty]:
 
 
 def _foreground(labels: dict[str, int]) -> dict[str, int]:
-    return {name: value for name, value in labels.items() if value != 0}
+    return {name: value for name, value in labels.items() if value != BACKGROUND}
 
 
 def _check_pair(pred: np.ndarray, gt: np.ndarray) -> None:
