@@ -224,15 +224,15 @@ def test_train_segmenter_seed_names_the_folder_and_seeds_the_run(tiny_prepared, 
     import torch
     import yaml
 
-    from foscu.engine import loop
+    from foscu import stages
     from foscu.segmentation.train import run_name, train_segmenter
 
     fits = []
     monkeypatch.setattr(
-        loop,
+        stages,
         "fit",
-        lambda folder, nets, *a, seed, **k: fits.append(
-            (folder.name, seed, [t.clone() for t in nets["segmenter"].state_dict().values()])
+        lambda folder, recipe, *a, seed, **k: fits.append(
+            (folder.name, seed, [t.clone() for t in recipe.nets["segmenter"].state_dict().values()])
         ),
     )
     cfg = load_config("tiny")
@@ -250,4 +250,4 @@ def test_train_segmenter_seed_names_the_folder_and_seeds_the_run(tiny_prepared, 
     assert all(torch.equal(a, b) for a, b in zip(weights[2], weights[3], strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(weights[0], weights[2], strict=True))  # other seed
     stage = yaml.safe_load((tmp_path / "run" / "seg" / "unet-binary-real-seed3" / "config.yaml").read_text())
-    assert stage["seed"] == 3 and "seeds" not in stage["segmentation"]
+    assert stage["seed"] == 3 and "seeds" not in stage["section"]

@@ -18,7 +18,7 @@ import numpy as np
 from foscu.config import ControlNetStage
 from foscu.data.layout import FILE_ENDING
 from foscu.errors import InputError
-from foscu.runs import RunFolder, write_json_atomic
+from foscu.runs import RunFolder, atomic_folder, write_json_atomic
 
 if TYPE_CHECKING:
     from foscu.config import FoscuConfig
@@ -136,8 +136,7 @@ class Evidence:
         from foscu.data.nifti import write_nifti
         from foscu.engine import distributed
         from foscu.generative.autoencoders import decode, encode
-        from foscu.generative.stages import load_stage
-        from foscu.runs import atomic_folder
+        from foscu.stages import load_stage
 
         device = distributed.current().device
         vae = load_stage(self.run, "image-vae")[0]["autoencoder"].to(device)

@@ -20,9 +20,12 @@ from foscu.config import PRESETS, FoscuConfig, load_config
 from foscu.errors import InputError
 from foscu.evidence import CONDITIONS, Evidence
 from foscu.runs import RunFolder, write_json_atomic
+from foscu.stages import STAGES
 
 GROUPS = ("train", "sample", "table1", "fidelity", "table2", "report")
-GENERATIVE_STAGES = ("label-vae", "image-vae", "label-ldm", "image-ldm", "controlnet", "vqvae", "vqvae-ldm")
+BASELINE_STAGES = ("vqvae", "vqvae-ldm")  # Table I's 3D-LDM w/ VQ-VAE
+# the training order: Duo-Diffusion's stages as the stage table lists them, then the VQ-VAE baseline's
+GENERATIVE_STAGES = (*(s for s in STAGES if s != "seg" and s not in BASELINE_STAGES), *BASELINE_STAGES)
 SAMPLES_RECORD = "samples.json"  # written with a sample folder by generate: the folder is complete
 DATASET_RECORD = "dataset.json"  # written with a reconstruction folder: the folder is complete
 
@@ -126,7 +129,7 @@ class Protocol:
 
     def _train(self, stage: str, condition: str | None) -> Any:
         """Train ``stage`` (resuming a stopped one); a ControlNet on another ``condition`` has its own folder."""
-        from foscu.generative.stages import train_stage
+        from foscu.stages import train_stage
 
         cfg, folder = self.cfg, None
         if condition is not None:
