@@ -281,16 +281,11 @@ def _sample_settings(
 
 
 def _checked_pipeline(
-    run_root: Path,
-    model: str,
-    controlnet_folder: str,
-    sampler: Sampler,
-    steps: int | None,
-    labels: Path | None,
+    root: Path, model: str, controlnet_folder: str, sampler: Sampler, steps: int | None, labels: Path | None
 ) -> tuple[Pipeline, int, Given | None]:
     """The networks, the step count they will run and the given label volumes (mask-to-image); a step count
     an LDM cannot sample with, or labels that do not fit, are refused here, before anything is written."""
-    pipe = load_pipeline(run_root, model, controlnet_folder)
+    pipe = load_pipeline(root, model, controlnet_folder)
     steps_run = sampler_steps(pipe.image.scheduler, sampler, steps)
     if pipe.label is not None:
         sampler_steps(pipe.label.scheduler, sampler, steps)
