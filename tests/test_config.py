@@ -146,3 +146,21 @@ def test_sampler_and_arch_names_have_one_origin_and_one_message():
         check_sampler("dim")
     with pytest.raises(InputError, match=r"archs: unknown architecture 'vit' \(choose from unet, resunet"):
         check_arch("vit", "archs")
+
+
+def test_run_configs_from_before_the_adversarial_term_was_removed_still_load(tmp_path):
+    # every run config.yaml written before recorded adversarial_weight: 0.0 and a discriminator for both VAEs
+    import yaml
+
+    from foscu.config import dump_config, load_config
+
+    old = yaml.safe_load(dump_config(load_config("tiny")))
+    for section in ("label_vae", "image_vae"):
+        old[section].update(adversarial_weight=0.0, discriminator={"num_layers_d": 2, "channels": 16})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(old))
+    assert load_config(str(path)) == load_config("tiny")
+    old["image_vae"]["adversarial_weight"] = 0.1  # a weight that would have trained a discriminator
+    path.write_text(yaml.safe_dump(old))
+    with pytest.raises(InputError, match="adversarial VAE term was removed"):
+        load_config(str(path))

@@ -94,6 +94,16 @@ def _check_monai_keys(cfg: dict[str, Any], network: str, set_by_foscu: tuple[str
     return cfg
 
 
+def _without_adversarial(data: Any) -> Any:
+    """Run configs written before the adversarial term was removed hold ``adversarial_weight: 0.0`` and a
+    ``discriminator``: both are dropped (they never took effect); a non-zero weight is refused."""
+    if not isinstance(data, dict) or "adversarial_weight" not in data:
+        return data
+    if data["adversarial_weight"]:
+        raise ValueError("adversarial_weight: the adversarial VAE term was removed (the paper has none)")
+    return {k: v for k, v in data.items() if k not in ("adversarial_weight", "discriminator")}
+
+
 class GenerativeStage(Section):
     """A generative stage trains for ``train.steps``/``train.epochs`` and keeps its last (EMA) weights."""
 
@@ -108,12 +118,10 @@ class GenerativeStage(Section):
 
 
 class AutoencoderStage(GenerativeStage):
-    """label-vae: MONAI AutoencoderKL on one-hot labels; cross-entropy reconstruction + KL (+ adversarial)."""
+    """label-vae: MONAI AutoencoderKL on one-hot labels; cross-entropy reconstruction + KL."""
 
     autoencoder: dict[str, Any]
     kl_weight: float = Field(1e-7, ge=0)
-    adversarial_weight: float = Field(0.0, ge=0)
-    discriminator: dict[str, Any] = Field(default_factory=lambda: {"num_layers_d": 2, "channels": 16})
     # train on random patches of this size (as MAISI trains its VAE); None: whole prepared volumes.
     # The networks are fully convolutional, so encoding and decoding still take whole volumes.
     patch_size: list[int] | None = None
@@ -131,17 +139,12 @@ class AutoencoderStage(GenerativeStage):
                 "reconstruction: the label VAE always reconstructs with cross-entropy against the label; "
                 "remove this key (it applies to image_vae only)"
             )
-        return data
+        return _without_adversarial(data)
 
     @field_validator("autoencoder")
     @classmethod
     def _autoencoder_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
         return _check_monai_keys(value, "AutoencoderKL", ("spatial_dims", "in_channels", "out_channels"))
-
-    @field_validator("discriminator")
-    @classmethod
-    def _discriminator_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return _check_monai_keys(value, "PatchDiscriminator", ("spatial_dims", "in_channels"))
 
 
 class ImageAutoencoderStage(AutoencoderStage):
