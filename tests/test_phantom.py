@@ -6,7 +6,8 @@ from typer.testing import CliRunner
 
 from foscu.cli import app
 from foscu.data.nifti import read_nifti
-from foscu.data.phantom import generate_case
+from foscu.data.phantom import generate_case, write_phantom_set
+from foscu.errors import InputError
 from foscu.labels import HEPATIC_VEIN, LIVER, NUM_CLASSES, PORTAL_VEIN, TUMOR
 
 SHAPE = (64, 64, 24)
@@ -122,3 +123,16 @@ def test_liver_clearly_right_of_the_midline(cases):
     for case in cases:
         x = (np.argwhere(case.label > 0)[:, 0] * case.affine[0, 0] + case.affine[0, 3]).mean()
         assert x > 0.1 * SHAPE[0] * SPACING[0] / 2  # clearly right of the midline, not just across it
+
+
+@pytest.mark.parametrize(
+    ("shape", "spacing", "problem"),
+    [((32, 32, 4), (1.0, 1.0, 1.0), "--shape: every axis needs at least 8 voxels"),
+     ((32, 32, 16), (1.0, 0.0, 1.0), "--spacing: spacing must be positive")],
+)  # fmt: skip
+def test_a_grid_too_small_or_a_spacing_not_positive_is_refused_writing_nothing(
+    tmp_path, shape, spacing, problem
+):
+    with pytest.raises(InputError, match=problem):
+        write_phantom_set(tmp_path / "out", 2, shape, spacing, workers=1, progress=False)
+    assert not (tmp_path / "out").exists()

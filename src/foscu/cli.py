@@ -296,7 +296,7 @@ def train(
 ) -> None:
     """Train one Duo-Diffusion stage (also under torchrun --nproc_per_node=N -m foscu train ...)."""
     from foscu.config import load_config
-    from foscu.generative.stages import train_stage
+    from foscu.stages import train_stage
 
     result = train_stage(stage, load_config(config, overrides), data, run, resume=resume, folder_name=folder)
     typer.echo(f"{stage}: {result.steps} steps in {result.seconds:.1f} s; {result.last}", err=True)

@@ -64,6 +64,11 @@ def atomic_folder(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def seg_stage(name: str) -> str:
+    """The stage name of segmentation run ``name`` (``<arch>-<task>-<data>[-seed<k>]``): ``seg/<name>``."""
+    return f"seg/{name}"
+
+
 # the files every stage folder holds (DESIGN: "A run folder"); one origin for their names
 CONFIG = "config.yaml"  # what the stage was trained with: enough to rebuild its networks alone
 MODEL = "model.safetensors"  # the deliverable weights (best by the monitored score, else final; EMA)
@@ -107,7 +112,7 @@ class RunFolder:
 
     def seg(self, name: str) -> Path:
         """A segmentation run's folder, ``seg/<arch>-<task>-<real|real+synthetic>[-seed<k>]``."""
-        return self.root / "seg" / name
+        return self.stage(seg_stage(name))
 
     # ------------------------------------------------ the run as a whole
     @property

@@ -28,7 +28,7 @@ from foscu.engine.checkpoint import load_weights
 from foscu.engine.loop import FitResult, Recipe, fit
 from foscu.errors import InputError
 from foscu.generative import autoencoders, controlnet, diffusion, latents
-from foscu.runs import CONFIG, MODEL, RunFolder, write_json_atomic, write_text_atomic
+from foscu.runs import CONFIG, MODEL, RunFolder, seg_stage, write_json_atomic, write_text_atomic
 from foscu.segmentation import train as segmentation
 
 
@@ -67,7 +67,7 @@ STAGES: dict[str, StageSpec] = {
     "controlnet": StageSpec("controlnet", controlnet.recipe, controlnet.build, controlnet.needs),
     "seg": StageSpec("segmentation", segmentation.recipe, segmentation.build),
 }
-SEG = "seg/"  # segmentation stages are named seg/<arch>-<task>-<real|real+synthetic>[-seed<k>]
+SEG = seg_stage("")  # segmentation stages are named seg/<arch>-<task>-<real|real+synthetic>[-seed<k>]
 
 
 def spec_for(name: str) -> StageSpec:

@@ -18,7 +18,7 @@ import numpy as np
 
 from foscu.errors import InputError
 from foscu.labels import Task, labels_for_task
-from foscu.runs import RunFolder, write_json_atomic, write_text_atomic
+from foscu.runs import RunFolder, seg_stage, write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from foscu.config import FoscuConfig
@@ -33,11 +33,6 @@ ARCH_NAMES = {
     "vnet": "VNet",
     "mean": "Overall Mean",
 }
-
-
-def _seg_stage(run: RunFolder, name: str) -> str:
-    """A segmentation run's stage name (``seg/<name>``), as RunFolder's metrics/is_stopped take it."""
-    return run.seg(name).relative_to(run.root).as_posix()
 
 
 def trained_segmenter(
@@ -58,7 +53,7 @@ def trained_segmenter(
 
     run = RunFolder(run_folder)
     name = run_name(arch, task, synthetic_dir is not None, None if seed is None or seed == cfg.seed else seed)
-    stage = _seg_stage(run, name)
+    stage = seg_stage(name)
     if not run.metrics(stage).is_file():
         train_segmenter(
             arch,
@@ -95,7 +90,7 @@ def _cell(
     run = RunFolder(run_folder)
     name = run_name(arch, task, synthetic_dir is not None, None if seed == cfg.seed else seed)
     evaluation = run.evaluation / "seg" / f"{name}.json"
-    if evaluation.is_file() and run.metrics(_seg_stage(run, name)).is_file():
+    if evaluation.is_file() and run.metrics(seg_stage(name)).is_file():
         return json.loads(evaluation.read_text())
     folder = trained_segmenter(cfg, prepared_root, run_folder, arch, task, synthetic_dir, seed, progress)
     test = read_prepared(prepared_root).datalist["test"]
@@ -315,16 +310,11 @@ def run_table2(
     ``archs``/``tasks`` default to the config's ``segmentation.archs``/``tasks``. Without ``synthetic_dir``
     only the real column is filled.
     """
-    from foscu.segmentation.networks import ARCHS
+    from foscu.config import check_arch
+    from foscu.labels import check_task
 
-    archs = list(archs or cfg.segmentation.archs)
-    tasks = list(tasks or cfg.segmentation.tasks)
-    for arch in archs:
-        if arch not in ARCHS:
-            raise InputError("archs", f"unknown architecture {arch!r} (choose from {', '.join(ARCHS)})")
-    for task in tasks:
-        if task not in TASK_NAMES:
-            raise InputError("tasks", f"unknown task {task!r} (binary or multiclass)")
+    archs = [check_arch(a, "archs") for a in archs or cfg.segmentation.archs]
+    tasks = [check_task(t, "tasks") for t in tasks or cfg.segmentation.tasks]
     run_folder = Path(run_folder)
     seeds = seed_list(cfg)
     results: dict[tuple[str, str, str], list[dict[str, Any]]] = {}

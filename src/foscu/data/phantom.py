@@ -316,7 +316,13 @@ def write_phantom_set(
     import os
 
     from foscu.engine.tracking import progress_bar
+    from foscu.errors import InputError
     from foscu.runs import atomic_folder
+
+    if len(shape) != 3 or min(shape) < 8:
+        raise InputError("--shape", f"every axis needs at least 8 voxels, got {tuple(shape)}")
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise InputError("--spacing", f"spacing must be positive, got {tuple(spacing)}")
 
     workers = workers or min(cases, os.cpu_count() or 1)
     tumors: dict[str, int] = {}

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from foscu.config import SchedulerConfig
-
-Sampler = Literal["ddpm", "ddim", "rflow"]
+from foscu.config import Sampler, SchedulerConfig
 
 
 def _beta_args(cfg: SchedulerConfig) -> dict[str, Any]:

@@ -1,1 +1,1 @@
-"""3D U-Net segmentation (paper II-C, Table II): networks, training, sliding-window prediction, the grid."""
+"""3D U-Net segmentation (paper II-C, Table II): networks, the ``seg`` stage's recipe, sliding-window prediction."""

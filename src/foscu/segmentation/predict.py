@@ -14,7 +14,7 @@ import numpy as np
 
 from foscu.errors import InputError
 from foscu.labels import Task, labels_for_task
-from foscu.runs import CONFIG, MODEL
+from foscu.runs import CONFIG, MODEL, RunFolder
 
 if TYPE_CHECKING:
     import torch
@@ -47,7 +47,7 @@ def resolve_run(run: Path) -> Path:
     run = Path(run)
     if (run / CONFIG).is_file() and (run / MODEL).is_file():
         return run
-    candidates = sorted(p.parent for p in (run / "seg").glob(f"*/{MODEL}"))
+    candidates = sorted(p.parent for p in RunFolder(run).seg("").glob(f"*/{MODEL}"))
     if len(candidates) == 1:
         return candidates[0]
     if not candidates:

@@ -15,7 +15,9 @@ import numpy as np
 
 from foscu.engine.loop import Recipe
 from foscu.errors import InputError
-from foscu.labels import LABELS, Task
+from foscu.labels import LABELS, TASKS, Task, check_task
+from foscu.runs import seg_stage
+from foscu.segmentation.predict import NET
 
 if TYPE_CHECKING:
     import torch
@@ -24,8 +26,6 @@ if TYPE_CHECKING:
     from foscu.config import FoscuConfig
     from foscu.engine.loop import FitResult
     from foscu.stages import StageContext
-
-NET = "segmenter"
 
 
 def run_name(arch: str, task: Task, synthetic: bool, seed: int | None = None) -> str:
@@ -135,16 +135,12 @@ def mix_training(real: list[dict], synthetic: list[dict], fraction: float, seed:
 
 def parse_run_name(name: str) -> tuple[str, Task, bool, int | None]:
     """``[seg/]<arch>-<task>-<real|real+synthetic>[-seed<k>]`` -> (arch, task, synthetic, seed or None)."""
-    parts = name.removeprefix("seg/").split("-")
+    parts = name.removeprefix(seg_stage("")).split("-")
     seed = None
     if len(parts) == 4 and parts[3].startswith("seed") and parts[3][4:].isdigit():
         seed = int(parts[3][4:])
         parts = parts[:3]
-    if (
-        len(parts) != 3
-        or parts[1] not in ("binary", "multiclass")
-        or parts[2] not in ("real", "real+synthetic")
-    ):
+    if len(parts) != 3 or parts[1] not in TASKS or parts[2] not in ("real", "real+synthetic"):
         raise InputError(
             "STAGE", f"{name!r} is not seg/<arch>-<binary|multiclass>-<real|real+synthetic>[-seed<k>]"
         )
@@ -191,13 +187,12 @@ def _training_items(ctx: StageContext, synthetic: bool) -> tuple[list[dict], flo
 
 def recipe(ctx: StageContext) -> Recipe:
     """A 3D U-Net (paper II-C) on the real training split, plus synthetic pairs for ``real+synthetic``."""
-    from foscu.config import ARCHS
+    from foscu.config import check_arch
     from foscu.data.transforms import SeededDataset, train_transforms
     from foscu.segmentation.networks import build_segmenter
 
     arch, task, synthetic, _ = parse_run_name(ctx.name)
-    if arch not in ARCHS:
-        raise InputError("--arch", f"unknown architecture {arch!r} (choose from {', '.join(ARCHS)})")
+    check_arch(arch)
     seg, prepared = ctx.cfg.segmentation, ctx.prepared
     net = build_segmenter(arch, task, seg, prepared.roi, prepared.spacing)  # weights from the stage's seed
     if task == "multiclass" and prepared.labels != LABELS:
@@ -252,9 +247,10 @@ def train_segmenter(
     from foscu.runs import RunFolder
     from foscu.stages import train_stage
 
-    if task not in ("binary", "multiclass"):
-        raise InputError("--task", f"expected binary or multiclass, got {task!r}")
-    name = "seg/" + run_name(arch, task, bool(synthetic), None if seed is None or seed == cfg.seed else seed)
+    check_task(task)
+    name = seg_stage(
+        run_name(arch, task, bool(synthetic), None if seed is None or seed == cfg.seed else seed)
+    )
     result = train_stage(
         name,
         cfg,
