@@ -180,7 +180,7 @@ class Evidence:
             metric, note = result["metric"], result["note"]
             rows.append(_table1_row(method, result))
         write_json_atomic(
-            self.ev / "table1.json",
+            self.run.evidence("table1"),
             {
                 "rows": rows,
                 "metric": metric,
@@ -220,7 +220,7 @@ class Evidence:
             rows.append(_pair_fidelity_row(condition, metrics))
         best = max(rows, key=lambda r: r["dice mean"] if r["dice mean"] is not None else -1)
         write_json_atomic(
-            self.ev / "pair_fidelity.json",
+            self.run.evidence("pair_fidelity"),
             {
                 "rows": rows,
                 "best_condition": best["condition"],
@@ -236,7 +236,7 @@ class Evidence:
             {"set": "real training", **diversity(list(self.real_training.values()))},
             {"set": "Duo-Diffusion samples", **diversity(synthetic)},
         ]
-        write_json_atomic(self.ev / "diversity.json", {"rows": rows, "note": "MS-SSIM over random pairs"})
+        write_json_atomic(self.run.evidence("diversity"), {"rows": rows, "note": "MS-SSIM over random pairs"})
 
     def _memorization(self, synthetic: list[np.ndarray]) -> None:
         from foscu.data.layout import case_files
@@ -246,7 +246,7 @@ class Evidence:
         # validation + test: patients the generator never saw set the near-copy threshold
         held_out = {**self._split_images("validation"), **self._split_images("test")}
         audit = memorization_audit(dict(zip(ids, synthetic, strict=True)), self.real_training, held_out)
-        write_json_atomic(self.ev / "memorization.json", audit)
+        write_json_atomic(self.run.evidence("memorization"), audit)
 
     # ------------------------------------------------------------ the fidelity ladder
 
@@ -330,7 +330,7 @@ class Evidence:
         verdict["response"] = self.conditioning_response(test)
         m2i = str(self.run.ladder("mask_to_image"))
         write_json_atomic(
-            self.ev / "ladder.json",
+            self.run.evidence("ladder"),
             {
                 "rows": rows,
                 "conditioning": verdict,
@@ -384,5 +384,5 @@ class Evidence:
             c: read_nifti(p, label=True).array for c, p in case_files(self.run.samples, "labels").items()
         }
         write_json_atomic(
-            self.ev / "label_realism.json", label_realism(real_labels, generated, self.prepared.spacing)
+            self.run.evidence("label_realism"), label_realism(real_labels, generated, self.prepared.spacing)
         )

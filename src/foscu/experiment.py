@@ -67,7 +67,7 @@ class Protocol:
 
     def steps(self) -> list[Step]:
         """The protocol in the order it runs: train, sample, Table I, fidelity, Table II, report."""
-        run, ev, out = self.run, self.evidence, self.run.evaluation
+        run, ev = self.run, self.evidence
         n, n_ablation = self.n_samples, self.cfg.experiment.ablation_samples or self.n_samples
         others = self.ablation_conditions()
         return [
@@ -100,16 +100,16 @@ class Protocol:
                 )
                 for c in others
             ),
-            Step("Table I (2.5D Fréchet distances)", "table1", [out / "table1.json"], ev.table1),
+            Step("Table I (2.5D Fréchet distances)", "table1", [run.evidence("table1")], ev.table1),
             Step(
                 "pair fidelity, diversity, memorization",
                 "fidelity",
-                [out / "pair_fidelity.json", out / "diversity.json", out / "memorization.json"],
+                [run.evidence("pair_fidelity"), run.evidence("diversity"), run.evidence("memorization")],
                 ev.fidelity,
             ),
-            Step("fidelity ladder", "fidelity", [out / "ladder.json"], ev.ladder),
-            Step("label realism", "fidelity", [out / "label_realism.json"], ev.label_realism),
-            Step("Table II (segmentation grid)", "table2", [out / "table2.json"], self._table2),
+            Step("fidelity ladder", "fidelity", [run.evidence("ladder")], ev.ladder),
+            Step("label realism", "fidelity", [run.evidence("label_realism")], ev.label_realism),
+            Step("Table II (segmentation grid)", "table2", [run.evidence("table2")], self._table2),
             Step("report", "report", [], self._report),
         ]
 

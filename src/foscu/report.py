@@ -204,7 +204,7 @@ def build_report(run: Path) -> tuple[Path, Path]:
     if not folder.root.is_dir():
         raise InputError(folder.root, "run folder not found")
     experiment = _load_json(folder.experiment_record) or {}
-    evidence = {name: _load_json(folder.evaluation / f"{name}.json") for name in EVIDENCE}
+    evidence = {name: _load_json(folder.evidence(name)) for name in EVIDENCE}
     report = _Report()
     summary = evidence_summary(folder.root, experiment)
     if summary:
@@ -293,10 +293,10 @@ BUDGET = {
 
 def evidence_summary(run: Path, experiment: dict) -> list[str]:
     """Plain-words lines from the evidence files: segmenter, ladder verdict, label realism, budget."""
-    ev = RunFolder(run).evaluation
+    folder = RunFolder(run)
     lines = []
     preset = str(experiment.get("config", ""))
-    ladder = _load_json(ev / "ladder.json")
+    ladder = _load_json(folder.evidence("ladder"))
     if ladder:
         real = next((r for r in ladder["rows"] if r["rung"] == "real"), None)
         if real:
@@ -304,7 +304,7 @@ def evidence_summary(run: Path, experiment: dict) -> list[str]:
             lines.append(f"The real-only segmenter scores on the real test images: {per_class} (Dice).")
         lines.append(ladder["conditioning"]["text"])
         lines.append(ladder["where_lost"])
-    realism = _load_json(ev / "label_realism.json")
+    realism = _load_json(folder.evidence("label_realism"))
     if realism:
         f = {r["feature"]: r for r in realism["features"]}
         liver = f.get("liver_ml")

@@ -152,6 +152,10 @@ class RunFolder:
     def evaluation(self) -> Path:
         return self.root / "evaluation"
 
+    def evidence(self, name: str) -> Path:
+        """One evidence file of the experiment: ``evaluation/<name>.json`` (table1, ladder, table2, ...)."""
+        return self.evaluation / f"{name}.json"
+
     @property
     def report_html(self) -> Path:
         return self.root / "report.html"

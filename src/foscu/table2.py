@@ -340,7 +340,7 @@ def run_table2(
         "tasks": tasks,
     }
     out = RunFolder(run_folder).evaluation
-    write_json_atomic(out / "table2.json", table)
+    write_json_atomic(RunFolder(run_folder).evidence("table2"), table)
     write_text_atomic(out / "table2.csv", table2_csv(rows))
     write_text_atomic(out / "table2.md", table2_markdown(rows, str(table["note"])))
     return table

@@ -26,6 +26,24 @@ class Volume:
         return (float(s[0]), float(s[1]), float(s[2]))
 
 
+def read_shape(path: str | Path) -> tuple[int, int, int]:
+    """The (i, j, k) grid of a 3D NIfTI from its header alone (no voxels read); refuses as ``read_nifti``."""
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    try:
+        shape = tuple(int(s) for s in nib.load(str(path)).shape)  # type: ignore[attr-defined]
+    except Exception as err:  # nibabel raises many types for truncated/corrupt files
+        raise InputError(path, f"not a readable NIfTI file ({type(err).__name__}: {err})") from None
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise InputError(path, f"expected a 3D volume, got shape {shape}")
+    return shape  # type: ignore[return-value]
+
+
 def read_nifti(path: str | Path, *, label: bool = False) -> Volume:
     """Read a 3D NIfTI (a trailing singleton 4th axis is dropped), refusing anything a user must fix.
 

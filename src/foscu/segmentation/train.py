@@ -99,9 +99,8 @@ class Validator:
 
 def synthetic_items(dirs: list[Path], roi: tuple[int, ...]) -> list[dict[str, str]]:
     """Every case of the synthetic sets; refuses a label map or volume shape other than the real set's."""
-    import nibabel as nib
-
     from foscu.data.layout import list_cases, read_dataset_json
+    from foscu.data.nifti import read_shape
 
     items: list[dict[str, str]] = []
     for root in dirs:
@@ -112,7 +111,7 @@ def synthetic_items(dirs: list[Path], roi: tuple[int, ...]) -> list[dict[str, st
                 Path(root) / "dataset.json", f"label map {labels} differs from the real one {LABELS}"
             )
         for case in list_cases(Path(root)):
-            shape = tuple(nib.load(str(case.image)).shape[:3])  # type: ignore[attr-defined]
+            shape = read_shape(case.image)
             if shape != tuple(roi):
                 raise InputError(case.image, f"shape {shape} differs from the prepared ROI {tuple(roi)}")
             assert case.label is not None
