@@ -318,3 +318,11 @@ def test_cli(mixed_folder, tmp_path):
     lines = [line for line in res.stderr.strip().splitlines() if line]
     assert len(lines) == 1 and "empty" in lines[0] and str(tmp_path / "empty") in lines[0], res.stderr
     assert "Traceback" not in res.output and not (tmp_path / "out2").exists()
+
+
+def test_mixed_orientation_message_prints_plain_numbers(tmp_path):
+    raw = np.random.default_rng(6).integers(0, 4000, (8, 10, 5))
+    _write_series(tmp_path / "s", raw, _positions((0, 0, 0), (0, 0, 1), 2.5, 5), AXIAL, "1.2.3.6", tilted=2)
+    with pytest.raises(Exception, match=r"mixed orientations, \[1, 0, 0, 0, 1, 0\] and \[0\.") as err:
+        convert_dicom(tmp_path / "s", tmp_path / "out", progress=False)
+    assert "np.float64" not in str(err.value)
