@@ -1,4 +1,4 @@
-"""2.5D Fréchet distances: the distance itself, FRD features, the feature networks' weights, the CLI."""
+"""2.5D Fréchet distances: plane slices, FRD features, a feature network's distance, the bootstrap, the CLI."""
 
 from __future__ import annotations
 
@@ -7,57 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.linalg
 from scipy import ndimage
+from test_feature_nets import random_weights
 from typer.testing import CliRunner
 
 from foscu.cli import app
 from foscu.errors import InputError
-from foscu.evaluation.fid import fid_25d, frechet_distance, plane_slices
-
-
-def scipy_frechet(a: np.ndarray, b: np.ndarray, eps: float) -> float:
-    """Independent reference: pytorch-fid's route, sqrtm of the covariance product with an eps offset."""
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    offset = np.eye(len(cov_a)) * eps
-    covmean = scipy.linalg.sqrtm((cov_a + offset) @ (cov_b + offset)).real
-    diff = a.mean(0) - b.mean(0)
-    return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
-
-
-def test_frechet_distance_one_dimensional_by_hand() -> None:
-    # a = {0, 2}: mean 1, variance 2; b = {1, 5}: mean 3, variance 8.
-    # d^2 = (1 - 3)^2 + 2 + 8 - 2 * sqrt(2 * 8) = 4 + 10 - 8 = 6
-    assert frechet_distance(np.array([[0.0], [2.0]]), np.array([[1.0], [5.0]])) == pytest.approx(
-        6.0, abs=1e-12
-    )
-
-
-def test_frechet_distance_matches_scipy_full_rank() -> None:
-    rng = np.random.default_rng(0)
-    a = rng.normal(size=(300, 6))
-    b = rng.normal(size=(250, 6)) @ rng.normal(size=(6, 6)) + 0.5
-    assert frechet_distance(a, b) == pytest.approx(scipy_frechet(a, b, eps=0.0), rel=1e-8)
-
-
-def test_frechet_distance_matches_scipy_rank_deficient() -> None:
-    rng = np.random.default_rng(1)
-    a = rng.normal(size=(20, 64))  # n < d: both covariances singular
-    b = rng.normal(size=(30, 64)) + 0.2
-    assert frechet_distance(a, b) == pytest.approx(scipy_frechet(a, b, eps=1e-10), rel=1e-5)
-    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
-
-
-def test_frechet_distance_of_a_shift_is_its_squared_length() -> None:
-    rng = np.random.default_rng(2)
-    a = rng.normal(size=(40, 5))
-    shift = np.array([1.0, -2.0, 0.0, 0.5, 0.0])  # |shift|^2 = 1 + 4 + 0.25 = 5.25
-    assert frechet_distance(a, a + shift) == pytest.approx(5.25, rel=1e-9)
-
-
-def test_frechet_distance_refuses_mismatched_features() -> None:
-    with pytest.raises(ValueError, match="same d"):
-        frechet_distance(np.zeros((5, 3)), np.zeros((5, 4)))
+from foscu.evaluation.fid import fid_25d, plane_slices
 
 
 @pytest.fixture(scope="module")
@@ -124,71 +80,8 @@ def test_fid_25d_refuses_bad_settings_and_shapes(tiny_volumes: list[np.ndarray])
         fid_25d(tiny_volumes, [tiny_volumes[0][:, :, :8]])
 
 
-def _random_weights(name: str, path: Path) -> Path:
-    import torch
-
-    from foscu.evaluation.feature_nets import NETWORKS
-
-    torch.manual_seed(0)
-    torch.save(NETWORKS[name][0]().state_dict(), path)
-    return path
-
-
-@pytest.mark.parametrize(
-    ("name", "n_params", "key", "shape"),
-    [  # parameter counts worked out by hand from the published layouts (see the test docstring)
-        ("inception", 23_850_960, "Mixed_7c.branch3x3dbl_3b.conv.weight", (384, 384, 3, 1)),
-        ("radimagenet", 23_534_592, "layer4.0.downsample.0.bias", (2048,)),
-    ],
-)
-def test_feature_net_loads_weights_file_and_gives_2048_features(
-    tmp_path: Path, name: str, n_params: int, key: str, shape: tuple
-) -> None:
-    """Inception-v3 without aux head: torchvision's 27,161,264 minus the aux head 3,326,696, plus 8 classes
-    x 2049 for the 1008-class fc. RadImageNet: ResNet-50 without fc (23,508,032) plus 26,560 conv biases."""
-    import torch
-
-    from foscu.evaluation.feature_nets import load_feature_net
-
-    net, used = load_feature_net(name, _random_weights(name, tmp_path / "w.pth"))
-    assert used == tmp_path / "w.pth"
-    assert sum(p.numel() for p in net.parameters()) == n_params
-    assert tuple(net.state_dict()[key].shape) == shape
-    with torch.inference_mode():
-        features = net(torch.rand(2, 1, 32, 16))
-    assert features.shape == (2, 2048) and torch.isfinite(features).all()
-
-
-def test_missing_weights_say_which_file_goes_where(tmp_path: Path) -> None:
-    import torch
-
-    from foscu.evaluation.feature_nets import INCEPTION_URL, load_feature_net
-
-    previous = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    try:
-        with pytest.raises(InputError) as caught:
-            load_feature_net("inception")
-    finally:
-        torch.hub.set_dir(previous)
-    message = str(caught.value)
-    expected = tmp_path / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
-    assert message.startswith(f"{expected}: inception weights not found") and INCEPTION_URL in message
-    assert "\n" not in message
-    with pytest.raises(InputError, match="RadImageNet-ResNet50_notop.pth"):
-        load_feature_net("radimagenet", tmp_path / "absent.pth")
-
-
-def test_weights_of_the_wrong_network_are_refused(tmp_path: Path) -> None:
-    from foscu.evaluation.feature_nets import load_feature_net
-
-    wrong = _random_weights("radimagenet", tmp_path / "resnet.pth")
-    with pytest.raises(InputError, match="does not fit the inception network: missing"):
-        load_feature_net("inception", wrong)
-
-
 def test_fid_25d_with_a_network_is_labelled_fid(tmp_path: Path, tiny_volumes: list[np.ndarray]) -> None:
-    weights = _random_weights("radimagenet", tmp_path / "resnet.pth")
+    weights = random_weights("radimagenet", tmp_path / "resnet.pth")
     pair = tiny_volumes[:2]
     result = fid_25d(pair, pair[::-1], "radimagenet", slice_stride=8, central_fraction=0.25, weights=weights)
     assert (
@@ -248,24 +141,6 @@ def test_cli_evaluate_fid(tmp_path: Path, tiny_volumes: list[np.ndarray]) -> Non
     )
     assert result.exit_code == 2 and result.stderr.startswith(f"error: {small}: volumes have shape")
     assert not out_2.exists()
-
-
-def test_inception_average_pool_ignores_padding_like_the_tf_graph() -> None:
-    import torch
-
-    from foscu.evaluation.feature_nets import _avg_pool_3x3
-
-    # count_include_pad=False: a constant image stays constant at the border (torchvision's corner: 4/9)
-    assert torch.equal(_avg_pool_3x3(torch.ones(1, 1, 4, 4)), torch.ones(1, 1, 4, 4))
-
-
-def test_feature_net_loads_onto_the_requested_device(tmp_path: Path) -> None:
-    from foscu.evaluation.feature_nets import load_feature_net
-
-    weights = _random_weights("radimagenet", tmp_path / "resnet.pth")
-    net, _ = load_feature_net("radimagenet", weights, device="meta")  # "meta" stands in for a GPU here
-    assert {p.device.type for p in net.parameters()} == {"meta"}
-    assert {b.device.type for b in net.buffers()} == {"meta"}
 
 
 class _SpyNet:
@@ -339,17 +214,6 @@ def test_real_features_computed_once_for_many_fake_sets(
         fid.fid_25d(computed, fakes[0], slice_stride=1)
     with pytest.raises(InputError, match="has shape"):
         fid.fid_25d(computed, [v[:, :, :8] for v in fakes[0]], slice_stride=2)
-
-
-def test_real_gaussian_matches_frechet_distance() -> None:
-    from foscu.evaluation.fid import _RealGaussian
-
-    rng = np.random.default_rng(3)
-    for n_real, n_fake, d in ((40, 30, 5), (6, 4, 20)):  # full rank, then fewer samples than dimensions
-        a = rng.normal(size=(n_real, d))
-        b = rng.normal(0.5, 2.0, size=(n_fake, d))
-        assert _RealGaussian(a).distance(b) == pytest.approx(frechet_distance(a, b), rel=1e-9)
-        assert _RealGaussian(a).distance(a) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_bootstrap_interval_over_synthetic_volumes(
