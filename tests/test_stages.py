@@ -1,22 +1,36 @@
-"""The stage table: a generative stage and a segmentation stage train, refuse and resume the same way."""
+"""The stage table: a generative stage and a segmentation stage train, refuse and resume the same way; every
+trained stage leaves a self-describing model; the CLI's train refuses a stage out of order or on other data."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 
 import pytest
 import yaml
+from conftest import TINY_STAGES
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
+from foscu.cli import app
 from foscu.config import load_config
 from foscu.engine import loop
+from foscu.engine.checkpoint import read_weights
 from foscu.errors import InputError
+from foscu.generative.latents import read_cache
 from foscu.runs import RunFolder
 from foscu.segmentation.train import parse_run_name
 from foscu.stages import STAGES, load_stage, spec_for, train_stage
 
 # one stage of each family that needs no other stage: the label VAE and a real-only segmenter
 STAGE_NAMES = ["label-vae", "seg/unet-binary-real"]
+
+runner = CliRunner()
+
+
+def _cli(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
 
 
 def _weights(path) -> str:
@@ -147,3 +161,62 @@ def test_a_stage_trained_with_another_seed_records_it(tiny_prepared, tmp_path):
     assert yaml.safe_load(run.config("seg/unet-binary-real-seed7").read_text())["seed"] == 7
     # the run's config keeps the config's own seed
     assert yaml.safe_load(run.run_config.read_text())["seed"] == cfg.seed
+
+
+def test_every_stage_leaves_a_self_describing_model(tiny_run):
+    for stage in TINY_STAGES:
+        assert (tiny_run / stage / "model.safetensors").is_file(), stage
+        assert (tiny_run / stage / "config.yaml").is_file(), stage
+        assert json.loads((tiny_run / stage / "metrics.json").read_text())["steps"] == 4
+    _, meta = read_cache(tiny_run / "latents" / "image.safetensors")
+    ldm_meta = read_weights(tiny_run / "image-ldm" / "model.safetensors")[1]
+    assert ldm_meta["scale_factor"] == pytest.approx(meta["scale_factor"])  # stored with the model
+    assert 0 < meta["scale_factor"] < 1e3
+
+
+def test_controlnet_before_image_ldm_names_image_ldm(tiny_run, tiny_prepared, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copytree(tiny_run / "image-vae", run / "image-vae")
+    result = _cli("train", "controlnet", "--config", "tiny", "--data", tiny_prepared, "--run", run)
+    assert result.exit_code == 2
+    assert "image-ldm" in result.output and "foscu train image-ldm" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert sorted(p.name for p in run.iterdir()) == ["image-vae"]  # nothing written by the refused stage
+
+
+def test_a_run_made_for_another_roi_is_refused(tiny_run, tiny_phantom, tmp_path):
+    from foscu.data.prepare import prepare_dataset
+
+    other = tmp_path / "other"
+    prepare_dataset(
+        tiny_phantom, other, roi=(32, 32, 8), center="tumor", split=(0.6, 0.2, 0.2), seed=0, progress=False
+    )
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    result = _cli(
+        "train", "label-ldm", "--config", "tiny", "--data", other, "--run", run, "--folder", "again"
+    )
+    assert result.exit_code == 2 and "run.json" in result.output and "roi" in result.output
+
+
+def test_retraining_a_finished_stage_needs_resume(tiny_run, tiny_prepared, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    result = _cli("train", "image-vae", "--config", "tiny", "--data", tiny_prepared, "--run", run)
+    assert result.exit_code == 2 and "--resume" in result.output
+    result = _cli(
+        "train",
+        "image-vae",
+        "--config",
+        "tiny",
+        "--data",
+        tiny_prepared,
+        "--run",
+        run,
+        "--resume",
+        "--set",
+        "image_vae.train.steps=6",
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "image-vae" / "metrics.json").read_text())["steps"] == 6

@@ -85,40 +85,6 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def test_an_empty_split_encodes_to_an_empty_latent_cache():
-    """The generative set here has no validation split; its latent cache entry is (0, c, x, y, z)."""
-    import torch
-
-    from foscu.generative.autoencoders import build_autoencoder
-    from foscu.generative.latents import encode_volumes
-
-    vae = build_autoencoder(load_config("tiny").label_vae, 5)["autoencoder"]
-    mean, sigma = encode_volumes(
-        vae, torch.zeros(0, 32, 32, 16, dtype=torch.uint8), 2, torch.device("cpu"), 5
-    )
-    assert mean.shape == sigma.shape and mean.shape[0] == 0 and mean.shape[2:] == (16, 16, 8)
-
-
-@pytest.mark.parametrize("preset", ["tiny", "demo"])
-@pytest.mark.parametrize("roi", [(32, 32, 16), (64, 64, 32), (36, 28, 12)])
-def test_the_latent_shape_without_encoding_equals_the_encoded_one(preset, roi):
-    """``latent_shape`` (the encoder on the meta device) gives the shape a real encode of the ROI gives."""
-    import torch
-
-    from foscu.generative.autoencoders import build_autoencoder, build_vqvae, encode, latent_shape
-
-    cfg = load_config(preset)
-    for nets, channels in (
-        (build_autoencoder(cfg.label_vae, 5), 5),
-        (build_autoencoder(cfg.image_vae, 1), 1),
-        (build_vqvae(cfg.vqvae), 1),
-    ):
-        vae = nets["autoencoder"]
-        with torch.no_grad():
-            encoded = tuple(encode(vae.eval(), torch.zeros(1, channels, *roi))[0].shape[1:])
-        assert latent_shape(vae, channels, roi) == encoded, (preset, roi, type(vae).__name__)
-
-
 @pytest.mark.slow
 def test_every_stage_a_pair_and_every_segmenter_at_the_paper_size(paper_data, monkeypatch):
     from foscu.generative.sampling import generate
