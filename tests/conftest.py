@@ -32,6 +32,23 @@ def tiny_prepared(tiny_phantom: Path, tmp_path_factory: pytest.TempPathFactory) 
     return out
 
 
+@pytest.fixture(scope="session")
+def seg_prepared(tiny_phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny phantom prepared at 32 x 32 x 16 with prepare's default split and centre (shared, read-only)."""
+    from foscu.data.prepare import prepare_dataset
+
+    out = tmp_path_factory.mktemp("seg") / "prepared"
+    prepare_dataset(tiny_phantom, out, roi=(32, 32, 16), progress=False)
+    return out
+
+
+# a segmenter in two steps: validated after each, one checkpoint
+SEG_TWO_STEPS = [
+    "segmentation.train.steps=2",
+    "segmentation.train.val_every=1",
+    "segmentation.train.checkpoint_every=2",
+]
+
 TINY_STAGES = ("label-vae", "image-vae", "vqvae", "label-ldm", "image-ldm", "vqvae-ldm", "controlnet")
 
 

@@ -218,36 +218,3 @@ def test_grid_trains_every_seed_into_its_own_folder(tiny_prepared, tmp_path, mon
     assert table["seeds"] == [0, 1, 2] and table["interval"] == "Student-t 95 % over seeds"
     assert "3 times" in table["note"] and "Student-t" in table["note"]
     assert "±" in (run / "evaluation" / "table2.md").read_text()
-
-
-def test_train_segmenter_seed_names_the_folder_and_seeds_the_run(tiny_prepared, tmp_path, monkeypatch):
-    import torch
-    import yaml
-
-    from foscu import stages
-    from foscu.segmentation.train import run_name, train_segmenter
-
-    fits = []
-    monkeypatch.setattr(
-        stages,
-        "fit",
-        lambda folder, recipe, *a, seed, **k: fits.append(
-            (folder.name, seed, [t.clone() for t in recipe.nets["segmenter"].state_dict().values()])
-        ),
-    )
-    cfg = load_config("tiny")
-    for seed in (None, 0, 3, 3):
-        train_segmenter("unet", "binary", cfg, tiny_prepared, tmp_path / "run", progress=False, seed=seed)
-    assert [(name, seed) for name, seed, _ in fits] == [
-        ("unet-binary-real", 0),
-        ("unet-binary-real", 0),
-        ("unet-binary-real-seed3", 3),
-        ("unet-binary-real-seed3", 3),
-    ]
-    assert run_name("unet", "binary", True, 3) == "unet-binary-real+synthetic-seed3"
-    weights = [w for _, _, w in fits]
-    assert all(torch.equal(a, b) for a, b in zip(weights[0], weights[1], strict=True))  # same seed
-    assert all(torch.equal(a, b) for a, b in zip(weights[2], weights[3], strict=True))
-    assert not all(torch.equal(a, b) for a, b in zip(weights[0], weights[2], strict=True))  # other seed
-    stage = yaml.safe_load((tmp_path / "run" / "seg" / "unet-binary-real-seed3" / "config.yaml").read_text())
-    assert stage["seed"] == 3 and "seeds" not in stage["section"]

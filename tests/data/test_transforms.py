@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from foscu.data.nifti import write_nifti
+from foscu.data.prepare import read_prepared
 from foscu.data.transforms import SeededDataset, train_transforms
 from foscu.labels import TUMOR
 
@@ -37,3 +39,12 @@ def test_same_item_seed_same_patch(small_tumor_case):
     a, b = data[(0, 11)], data[(0, 11)]
     assert a["image"].shape == (1, 16, 16, 8)
     assert np.array_equal(a["image"].numpy(), b["image"].numpy())
+
+
+def test_same_item_seed_same_augmentation(seg_prepared):
+    data = read_prepared(seg_prepared)
+    dataset = SeededDataset(data.datalist["training"], train_transforms("binary", (16, 16, 16)))
+    a, b, c = dataset[(1, 42)], dataset[(1, 42)], dataset[(1, 43)]
+    assert a["image"].shape == (1, 16, 16, 16) and set(a["label"].unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+    assert not torch.equal(a["image"], c["image"])

@@ -1,5 +1,5 @@
-"""Runs across modules through the CLI: a rectified-flow run trained and sampled, and torchrun training and
-sampling in two processes."""
+"""Runs across modules through the CLI: a rectified-flow run trained and sampled, torchrun training and
+sampling in two processes, and a segmenter trained then predicting on another grid."""
 
 from __future__ import annotations
 
@@ -12,9 +12,17 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import yaml
+from conftest import SEG_TWO_STEPS
 from typer.testing import CliRunner
 
 from foscu.cli import app
+from foscu.config import load_config
+from foscu.data.nifti import read_nifti, write_nifti
+from foscu.data.prepare import read_prepared
+from foscu.errors import InputError
+from foscu.labels import LABELS
+from foscu.segmentation.train import train_segmenter
 
 runner = CliRunner()
 
@@ -90,3 +98,65 @@ def test_torchrun_two_processes_train_and_split_samples(tiny_run, tiny_prepared,
     np.testing.assert_allclose(_image(out, "synth_0001"), _image(single, "synth_0001"), atol=1e-4)
     record = json.loads((out / "samples.json").read_text())
     assert record["world_size"] == 2 and sorted(record["cases"]) == [f"synth_000{i}" for i in range(3)]
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg():
+    return load_config("tiny", SEG_TWO_STEPS)
+
+
+def test_cli_train_writes_stage_folder_and_predict_keeps_input_grid(seg_prepared, tiny_cfg, tmp_path):
+    args = [
+        "seg",
+        "train",
+        "--arch",
+        "unet",
+        "--task",
+        "multiclass",
+        "--config",
+        "tiny",
+        "--data",
+        str(seg_prepared),
+        "--run",
+        str(tmp_path / "run"),
+    ]
+    trained = CliRunner().invoke(app, args + [item for o in SEG_TWO_STEPS for item in ("--set", o)])
+    assert trained.exit_code == 0, trained.output
+    folder = tmp_path / "run" / "seg" / "unet-multiclass-real"
+    for name in ("config.yaml", "model.safetensors", "train_state.pt", "metrics.json", "metrics.jsonl"):
+        assert (folder / name).is_file(), name
+    stage = yaml.safe_load((folder / "config.yaml").read_text())
+    assert (
+        stage["arch"] == "unet" and stage["roi"] == [32, 32, 16] and stage["training_cases"]["synthetic"] == 0
+    )
+    summary = json.loads((folder / "metrics.json").read_text())
+    assert summary["steps"] == 2 and 0.0 <= summary["best"]["val_dice"] <= 1.0
+    history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [1, 2] and all("val_dice_liver" in h for h in history)
+
+    # a larger image on a shifted grid: prediction on that grid, values from the label map
+    image = read_nifti(read_prepared(seg_prepared).datalist["test"][0]["image"])
+    bigger = np.pad(image.array, ((4, 4), (0, 4), (2, 2)))
+    affine = image.affine.copy()
+    affine[:3, 3] += [10.0, -5.0, 3.0]
+    write_nifti(tmp_path / "images" / "case9_0000.nii.gz", bigger, affine)
+    result_cli = CliRunner().invoke(
+        app,
+        [
+            "seg",
+            "predict",
+            "--run",
+            str(tmp_path / "run"),
+            "--images",
+            str(tmp_path / "images"),
+            "--out",
+            str(tmp_path / "pred"),
+        ],
+    )
+    assert result_cli.exit_code == 0, result_cli.output
+    pred = nib.load(str(tmp_path / "pred" / "case9.nii.gz"))
+    assert pred.shape == bigger.shape and np.allclose(pred.affine, affine)
+    assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= set(LABELS.values())
+
+    with pytest.raises(InputError, match="pass --resume"):
+        train_segmenter("unet", "multiclass", tiny_cfg, seg_prepared, tmp_path / "run", progress=False)

@@ -1,46 +1,29 @@
-import json
 import shutil
 
-import nibabel as nib
-import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import SEG_TWO_STEPS
 from typer.testing import CliRunner
 
 from foscu.cli import app
 from foscu.config import load_config
 from foscu.data.layout import write_dataset_json
-from foscu.data.nifti import read_nifti, write_nifti
-from foscu.data.prepare import prepare_dataset, read_prepared
+from foscu.data.prepare import read_prepared
 from foscu.data.transforms import SeededDataset, train_transforms
 from foscu.errors import InputError
-from foscu.labels import LABELS
 from foscu.segmentation.networks import ARCHS, build_segmenter
 from foscu.segmentation.train import NET, SegmentationLoss, mix_training, train_segmenter
-
-TWO_STEPS = [
-    "segmentation.train.steps=2",
-    "segmentation.train.val_every=1",
-    "segmentation.train.checkpoint_every=2",
-]
-
-
-@pytest.fixture(scope="module")
-def prepared(tiny_phantom, tmp_path_factory):
-    out = tmp_path_factory.mktemp("seg") / "prepared"
-    prepare_dataset(tiny_phantom, out, roi=(32, 32, 16), progress=False)
-    return out
 
 
 @pytest.fixture(scope="module")
 def tiny_cfg():
-    return load_config("tiny", TWO_STEPS)
+    return load_config("tiny", SEG_TWO_STEPS)
 
 
 @pytest.fixture(scope="module")
-def batch(prepared):
-    data = read_prepared(prepared)
+def batch(seg_prepared):
+    data = read_prepared(seg_prepared)
     dataset = SeededDataset(data.datalist["training"][:2], train_transforms("multiclass"))
     item = dataset[(0, 11)]
     return {k: item[k][None] for k in ("image", "label")}  # one case (1, 1, 32, 32, 16), to stay fast
@@ -78,15 +61,6 @@ def test_deep_supervision_heads_weighted_one_half_normalised():
     )
 
 
-def test_same_item_seed_same_augmentation(prepared):
-    data = read_prepared(prepared)
-    dataset = SeededDataset(data.datalist["training"], train_transforms("binary", (16, 16, 16)))
-    a, b, c = dataset[(1, 42)], dataset[(1, 42)], dataset[(1, 43)]
-    assert a["image"].shape == (1, 16, 16, 16) and set(a["label"].unique().tolist()) <= {0.0, 1.0}
-    assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
-    assert not torch.equal(a["image"], c["image"])
-
-
 def test_mix_training_draws_fraction_per_real_case():
     real = [{"case_id": f"r{i}"} for i in range(4)]
     synthetic = [{"case_id": f"s{i}"} for i in range(10)]
@@ -108,81 +82,24 @@ def make_synthetic(prepared, out, labels=None):
     return out
 
 
-def test_cli_train_writes_stage_folder_and_predict_keeps_input_grid(prepared, tiny_cfg, tmp_path):
-    args = [
-        "seg",
-        "train",
-        "--arch",
-        "unet",
-        "--task",
-        "multiclass",
-        "--config",
-        "tiny",
-        "--data",
-        str(prepared),
-        "--run",
-        str(tmp_path / "run"),
-    ]
-    trained = CliRunner().invoke(app, args + [item for o in TWO_STEPS for item in ("--set", o)])
-    assert trained.exit_code == 0, trained.output
-    folder = tmp_path / "run" / "seg" / "unet-multiclass-real"
-    for name in ("config.yaml", "model.safetensors", "train_state.pt", "metrics.json", "metrics.jsonl"):
-        assert (folder / name).is_file(), name
-    stage = yaml.safe_load((folder / "config.yaml").read_text())
-    assert (
-        stage["arch"] == "unet" and stage["roi"] == [32, 32, 16] and stage["training_cases"]["synthetic"] == 0
-    )
-    summary = json.loads((folder / "metrics.json").read_text())
-    assert summary["steps"] == 2 and 0.0 <= summary["best"]["val_dice"] <= 1.0
-    history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    assert [h["step"] for h in history] == [1, 2] and all("val_dice_liver" in h for h in history)
-
-    # a larger image on a shifted grid: prediction on that grid, values from the label map
-    image = read_nifti(read_prepared(prepared).datalist["test"][0]["image"])
-    bigger = np.pad(image.array, ((4, 4), (0, 4), (2, 2)))
-    affine = image.affine.copy()
-    affine[:3, 3] += [10.0, -5.0, 3.0]
-    write_nifti(tmp_path / "images" / "case9_0000.nii.gz", bigger, affine)
-    result_cli = CliRunner().invoke(
-        app,
-        [
-            "seg",
-            "predict",
-            "--run",
-            str(tmp_path / "run"),
-            "--images",
-            str(tmp_path / "images"),
-            "--out",
-            str(tmp_path / "pred"),
-        ],
-    )
-    assert result_cli.exit_code == 0, result_cli.output
-    pred = nib.load(str(tmp_path / "pred" / "case9.nii.gz"))
-    assert pred.shape == bigger.shape and np.allclose(pred.affine, affine)
-    assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= set(LABELS.values())
-
-    with pytest.raises(InputError, match="pass --resume"):
-        train_segmenter("unet", "multiclass", tiny_cfg, prepared, tmp_path / "run", progress=False)
-
-
-def test_synthetic_joins_training_only_and_foreign_label_map_is_refused(prepared, tiny_cfg, tmp_path):
-    syn = make_synthetic(prepared, tmp_path / "syn")
+def test_synthetic_joins_training_only_and_foreign_label_map_is_refused(seg_prepared, tiny_cfg, tmp_path):
+    syn = make_synthetic(seg_prepared, tmp_path / "syn")
     one_step = load_config("tiny", ["segmentation.train.steps=1"])
     folder, _ = train_segmenter(
-        "resunet", "binary", one_step, prepared, tmp_path / "run", [syn], 0.5, progress=False
+        "resunet", "binary", one_step, seg_prepared, tmp_path / "run", [syn], 0.5, progress=False
     )
     assert folder.name == "resunet-binary-real+synthetic" and (folder / "model.safetensors").is_file()
     stage = yaml.safe_load((folder / "config.yaml").read_text())
     assert stage["training_cases"] == {"real": 4, "synthetic": 2}
 
-    other = make_synthetic(prepared, tmp_path / "other", labels={"background": 0, "liver": 1, "tumor": 2})
+    other = make_synthetic(seg_prepared, tmp_path / "other", labels={"background": 0, "liver": 1, "tumor": 2})
     with pytest.raises(InputError) as err:
-        train_segmenter("unet", "binary", tiny_cfg, prepared, tmp_path / "run2", [other], progress=False)
+        train_segmenter("unet", "binary", tiny_cfg, seg_prepared, tmp_path / "run2", [other], progress=False)
     assert err.value.path == str(other / "dataset.json") and "label map" in err.value.problem
     assert not (tmp_path / "run2").exists()
 
 
-def test_cli_seg_train_bad_input_exits_2(prepared, tmp_path):
+def test_cli_seg_train_bad_input_exits_2(seg_prepared, tmp_path):
     args = [
         "seg",
         "train",
@@ -191,7 +108,7 @@ def test_cli_seg_train_bad_input_exits_2(prepared, tmp_path):
         "--config",
         "tiny",
         "--data",
-        str(prepared),
+        str(seg_prepared),
         "--run",
         str(tmp_path / "run"),
     ]
@@ -206,8 +123,41 @@ def test_cli_seg_train_bad_input_exits_2(prepared, tmp_path):
     "arch, task, needle", [("unet", "multiclas", "multiclas"), ("Unet", "binary", "Unet")]
 )
 def test_api_refuses_a_misspelt_task_or_arch_writing_nothing(
-    prepared, tiny_cfg, tmp_path, arch, task, needle
+    seg_prepared, tiny_cfg, tmp_path, arch, task, needle
 ):
     with pytest.raises(InputError, match=needle):
-        train_segmenter(arch, task, tiny_cfg, prepared, tmp_path / "run", progress=False)
+        train_segmenter(arch, task, tiny_cfg, seg_prepared, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_train_segmenter_seed_names_the_folder_and_seeds_the_run(tiny_prepared, tmp_path, monkeypatch):
+    import torch
+    import yaml
+
+    from foscu import stages
+    from foscu.segmentation.train import run_name, train_segmenter
+
+    fits = []
+    monkeypatch.setattr(
+        stages,
+        "fit",
+        lambda folder, recipe, *a, seed, **k: fits.append(
+            (folder.name, seed, [t.clone() for t in recipe.nets["segmenter"].state_dict().values()])
+        ),
+    )
+    cfg = load_config("tiny")
+    for seed in (None, 0, 3, 3):
+        train_segmenter("unet", "binary", cfg, tiny_prepared, tmp_path / "run", progress=False, seed=seed)
+    assert [(name, seed) for name, seed, _ in fits] == [
+        ("unet-binary-real", 0),
+        ("unet-binary-real", 0),
+        ("unet-binary-real-seed3", 3),
+        ("unet-binary-real-seed3", 3),
+    ]
+    assert run_name("unet", "binary", True, 3) == "unet-binary-real+synthetic-seed3"
+    weights = [w for _, _, w in fits]
+    assert all(torch.equal(a, b) for a, b in zip(weights[0], weights[1], strict=True))  # same seed
+    assert all(torch.equal(a, b) for a, b in zip(weights[2], weights[3], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(weights[0], weights[2], strict=True))  # other seed
+    stage = yaml.safe_load((tmp_path / "run" / "seg" / "unet-binary-real-seed3" / "config.yaml").read_text())
+    assert stage["seed"] == 3 and "seeds" not in stage["section"]
