@@ -1,4 +1,4 @@
-"""foscu experiment / report / demo at the tiny preset: every table and figure filled, steps skipped on rerun."""
+"""foscu experiment / report at the tiny preset: every table and figure filled, steps skipped on rerun."""
 
 from __future__ import annotations
 
@@ -208,21 +208,3 @@ def test_rerun_skips_every_step_and_unknown_groups_are_refused(experiment_run, t
         app, ["experiment", "--data", str(tiny_prepared), "--run", str(run), "--only", "tables"]
     )
     assert result.exit_code == 2 and "tables" in result.output
-
-
-def test_demo_runs_end_to_end_on_a_tiny_phantom(tmp_path):
-    from foscu.demo import run_demo
-
-    report = run_demo(
-        tmp_path / "demo",
-        "tiny",
-        ["segmentation.archs=[unet]", "sample.n=2", "experiment.ablation=false"],
-        cases=6,
-        shape=(32, 32, 16),
-        spacing=(7.5, 7.5, 12.0),
-        roi=(32, 32, 16),
-        progress=False,
-    )
-    assert report == tmp_path / "demo" / "run" / "report.html" and report.is_file()
-    timings = json.loads((tmp_path / "demo" / "run" / "experiment.json").read_text())["timings"]
-    assert {"phantom", "prepare", "train label-vae", "report"} <= set(timings)
