@@ -63,3 +63,38 @@ def tiny_run(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     for stage in TINY_STAGES:
         train_stage(stage, cfg, tiny_prepared, run, progress=False)
     return run
+
+
+def experiment_args(prepared: Path, run: Path) -> list[str]:
+    """The tiny experiment: one segmentation architecture, three samples per synthetic set."""
+    return [
+        "experiment",
+        "--config",
+        "tiny",
+        "--data",
+        str(prepared),
+        "--run",
+        str(run),
+        "--set",
+        "segmentation.archs=[unet]",
+        "--set",
+        "sample.n=3",
+    ]
+
+
+@pytest.fixture(scope="session")
+def experiment_run(
+    tiny_run: Path, tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str]:
+    """The tiny experiment run through the CLI on a copy of ``tiny_run``: (run folder, CLI output)."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from foscu.cli import app
+
+    run = tmp_path_factory.mktemp("experiment") / "run"
+    shutil.copytree(tiny_run, run)  # the seven stages are trained: the experiment must skip them
+    result = CliRunner().invoke(app, experiment_args(tiny_prepared, run))
+    assert result.exit_code == 0, result.output
+    return run, result.output
