@@ -128,10 +128,19 @@ def test_a_stopped_stage_resumes_only_when_asked_and_ends_as_if_never_stopped(
     result = train_stage(name, cfg, tiny_prepared, stopped.root, resume=True, progress=False)
     assert result.steps == 4 and stopped.is_trained(name)
     assert _weights(stopped.model(name)) == _weights(whole.model(name))
-    # 4. --resume on a finished stage has nothing to resume
+    # 4. a finished stage trains further with --resume and a longer budget (the one setting that may change)
+    longer = cfg.model_copy(
+        update={spec_for(name).section: _with_steps(getattr(cfg, spec_for(name).section))}
+    )
+    assert train_stage(name, longer, tiny_prepared, stopped.root, resume=True, progress=False).steps == 6
+    # 5. --resume with no training state has nothing to resume
     (stopped.state(name)).unlink()
     with pytest.raises(InputError, match="nothing to resume"):
         train_stage(name, cfg, tiny_prepared, stopped.root, resume=True, progress=False)
+
+
+def _with_steps(section):
+    return section.model_copy(update={"train": section.train.model_copy(update={"steps": 6})})
 
 
 def _with_lr(section):

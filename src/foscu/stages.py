@@ -199,8 +199,18 @@ def check_prerequisites(run: RunFolder, name: str, cfg: FoscuConfig) -> None:
             )
 
 
+BUDGET = ("steps", "epochs")  # train settings a resume may change: it may train longer, nothing else
+
+
+def _settings(section: dict[str, Any]) -> dict[str, Any]:
+    """A stage's section without the training length (``train.steps``/``train.epochs``)."""
+    train = {k: v for k, v in section.get("train", {}).items() if k not in BUDGET}
+    return {**section, "train": train}
+
+
 def check_resume(run: RunFolder, folder: str, section: dict[str, Any], resume: bool) -> None:
-    """A stopped stage continues only with --resume and only with the settings it started with."""
+    """A stopped (or finished) stage continues only with --resume, and only with the settings it started
+    with, except the training length: ``--resume --set <section>.train.steps=N`` trains it further."""
     if not resume:
         if run.state(folder).is_file():
             raise InputError(
@@ -216,8 +226,10 @@ def check_resume(run: RunFolder, folder: str, section: dict[str, Any], resume: b
     if old.is_file():
         recorded = yaml.safe_load(old.read_text())
         # older segmentation folders recorded their section under "segmentation"
-        if recorded.get("section", recorded.get("segmentation")) != section:
-            raise InputError(old, "the stage's config differs from the run being resumed")
+        if _settings(recorded.get("section", recorded.get("segmentation"))) != _settings(section):
+            raise InputError(
+                old, "the stage's config differs from the run being resumed (only train.steps/epochs may)"
+            )
 
 
 # ---------------------------------------------------------------- the one entry point
