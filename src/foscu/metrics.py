@@ -24,7 +24,7 @@ def hd95(*args: Any, **kwargs: Any) -> Any:
 
 def frechet_distance(features_a: Any, features_b: Any) -> float:
     """Fréchet distance between Gaussians fitted to two (n, d) feature sets; see ``foscu.evaluation.fid``."""
-    from foscu.evaluation.fid import frechet_distance as _frechet
+    from foscu.evaluation.frechet import frechet_distance as _frechet
 
     return _frechet(features_a, features_b)
 

@@ -24,8 +24,7 @@ import numpy as np
 from foscu.config import FEATURES, EvaluationConfig
 from foscu.errors import InputError
 
-# the distance maths and the FRD slice features live beside this module; callers import them from here too
-from foscu.evaluation.frechet import _RealGaussian as _RealGaussian
+# the distance maths and the FRD slice features live beside this module
 from foscu.evaluation.frechet import _standardiser, bootstrap_interval, frechet_distance
 from foscu.evaluation.radiomics import radiomics_features  # looked up here at call time (tests patch it)
 
