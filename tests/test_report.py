@@ -99,3 +99,20 @@ def test_report_renders_in_headless_chromium(tmp_path, tiny_phantom):
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.std() > 10  # not blank
     assert (pixels < 100).mean() > 0.01  # text, tables and images drawn
+
+
+def test_the_summary_says_when_samples_are_near_copies(tmp_path, tiny_phantom):
+    from foscu.report import evidence_summary
+
+    run = _fake_run(tmp_path, tiny_phantom)
+    audit = {
+        "threshold": 0.945,
+        "percentile": 99.0,
+        "near_copies": 2,
+        "samples": {f"synth_000{i}": {"near_copy": i < 2} for i in range(5)},
+    }
+    (run / "evaluation" / "memorization.json").write_text(json.dumps(audit))
+    assert "2 of 5 samples are near copies of a training image" in " ".join(evidence_summary(run, {}))
+    audit["near_copies"] = 0
+    (run / "evaluation" / "memorization.json").write_text(json.dumps(audit))
+    assert "near copies" not in " ".join(evidence_summary(run, {}))

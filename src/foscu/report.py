@@ -292,7 +292,8 @@ BUDGET = {
 
 
 def evidence_summary(run: Path, experiment: dict) -> list[str]:
-    """Plain-words lines from the evidence files: segmenter, ladder verdict, label realism, budget."""
+    """Plain-words lines from the evidence files: segmenter, ladder verdict, label realism, near copies,
+    budget."""
     folder = RunFolder(run)
     lines = []
     preset = str(experiment.get("config", ""))
@@ -321,6 +322,13 @@ def evidence_summary(run: Path, experiment: dict) -> list[str]:
                 )
                 + f"; summary distance {_fmt(realism['summary_distance'])} (0 = real)."
             )
+    memorization = _load_json(folder.evidence("memorization"))
+    if memorization and memorization.get("near_copies"):
+        lines.append(
+            f"{memorization['near_copies']} of {len(memorization['samples'])} samples are near copies of a "
+            f"training image (correlation above the held-out {memorization['percentile']:.0f}th percentile, "
+            f"{_fmt(memorization['threshold'])}): see the memorization audit."
+        )
     if preset in BUDGET:
         lines.append(BUDGET[preset])
     return lines
