@@ -164,7 +164,7 @@ def check_fid(prepared: Path, work: Path, size: dict[str, Any], device: Any) -> 
 def check_seg(cfg: Any, prepared: Path, run: Path, work: Path, device: Any) -> dict[str, Any]:
     from foscu.data.prepare import read_prepared
     from foscu.segmentation.predict import predict_cases
-    from foscu.segmentation.train import train_segmenter
+    from foscu.stages import train_segmenter
 
     folder, _ = train_segmenter("unet", "multiclass", cfg, prepared, run, progress=False)
     test = read_prepared(prepared).datalist["test"][0]

@@ -48,7 +48,9 @@ def main(run_root: str) -> None:
     for name, values in groups.items():
         if values:
             print(f"| samples, {name} | {len(values)} | {np.median(values):.3f} | {max(values):.3f} |")
-    print(f"| held-out real cases (best over training labels) | {len(best)} | {np.median(best):.3f} | {max(best):.3f} |")
+    print(
+        f"| held-out real cases (best over training labels) | {len(best)} | {np.median(best):.3f} | {max(best):.3f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -180,8 +180,9 @@ def test_three_seeds_mean_t_interval_and_paired_improvement_by_hand():
 
 
 def test_grid_trains_every_seed_into_its_own_folder(tiny_prepared, tmp_path, monkeypatch):
+    from foscu import stages
     from foscu.evaluation import segmentation_metrics
-    from foscu.segmentation import predict, train
+    from foscu.segmentation import predict
 
     trained, predicted = [], []
 
@@ -198,7 +199,7 @@ def test_grid_trains_every_seed_into_its_own_folder(tiny_prepared, tmp_path, mon
         out.write_text("{}")
         return fake(0.5 + 0.1 * seed + (0.05 if synthetic else 0.0), task)
 
-    monkeypatch.setattr(train, "train_segmenter", fake_train)
+    monkeypatch.setattr(stages, "train_segmenter", fake_train)
     monkeypatch.setattr(predict, "predict_cases", fake_predict)
     monkeypatch.setattr(segmentation_metrics, "evaluate_cases", fake_evaluate)
     cfg = load_config("tiny", ["segmentation.seeds=3"])

@@ -225,7 +225,7 @@ def seg_train_command(
 ) -> None:
     """Train a 3D U-Net (Dice + BCE / CE, AdamW, early stopping on validation Dice) on real [+ synthetic]."""
     from foscu.config import load_config
-    from foscu.segmentation.train import train_segmenter
+    from foscu.stages import train_segmenter
 
     cfg = load_config(config, overrides)
     folder, result = train_segmenter(

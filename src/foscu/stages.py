@@ -11,7 +11,7 @@ entry here.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import yaml
 from torch import nn
 
 from foscu.config import FoscuConfig, dump_config, provenance
+from foscu.context import StageContext
 from foscu.data.loaders import load_split
 from foscu.data.prepare import PreparedSet, read_prepared
 from foscu.engine import distributed
@@ -28,8 +29,10 @@ from foscu.engine.checkpoint import load_weights
 from foscu.engine.loop import FitResult, Recipe, fit
 from foscu.errors import InputError
 from foscu.generative import autoencoders, controlnet, diffusion, latents
+from foscu.labels import Task, check_task
 from foscu.runs import CONFIG, MODEL, RunFolder, seg_stage, write_json_atomic, write_text_atomic
 from foscu.segmentation import train as segmentation
+from foscu.segmentation.train import run_name
 
 
 @dataclass(frozen=True)
@@ -79,53 +82,53 @@ def spec_for(name: str) -> StageSpec:
     return STAGES[key]
 
 
-@dataclass
-class StageContext:
-    """What a recipe may read: the stage's name, config, prepared set, run folder, device and seed."""
+def stage_context(
+    name: str,
+    cfg: FoscuConfig,
+    prepared: PreparedSet,
+    run: RunFolder,
+    device: torch.device,
+    seed: int,
+    synthetic: tuple[Path, ...] = (),
+    synthetic_fraction: float | None = None,
+) -> StageContext:
+    """The context stage ``name``'s recipe reads: its settings, and earlier stages through this module."""
+    return StageContext(
+        name,
+        cfg,
+        spec_for(name).section,
+        prepared,
+        run,
+        device,
+        seed,
+        loader=partial(load_stage, run),
+        reader=lambda stage: read_stage_info(run.stage(stage)),
+        latent_cache=partial(latent_cache, run, prepared, seed),
+        synthetic=synthetic,
+        synthetic_fraction=synthetic_fraction,
+    )
 
-    name: str
-    cfg: FoscuConfig
-    prepared: PreparedSet
-    run: RunFolder
-    device: torch.device
-    seed: int
-    synthetic: tuple[Path, ...] = ()  # segmentation: synthetic sets joining the training split
-    synthetic_fraction: float | None = None
-    spec: StageSpec = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.spec = spec_for(self.name)
-
-    @property
-    def section(self) -> Any:
-        return getattr(self.cfg, self.spec.section)
-
-    def load(self, name: str) -> tuple[dict[str, nn.Module], dict[str, Any], dict[str, Any]]:
-        return load_stage(self.run, name)
-
-    def info(self, name: str) -> dict[str, Any]:
-        return read_stage_info(self.run.stage(name))
-
-    def latents(self, encoder: str) -> Path:
-        """RUN/latents/<kind>.safetensors from the encoder now in the run (built once, reused later)."""
-        kind = spec_for(encoder).latents
-        assert kind is not None, f"{encoder} is not an encoder"
-        path, model = self.run.latents(kind), self.run.model(encoder)
-        dist = distributed.current()
-        if dist.is_main and not latents.cache_is_current(path, model):
-            nets, _, info = self.load(encoder)
-            latents.build_cache(
-                path,
-                nets["autoencoder"],
-                model,
-                {s: load_split(self.prepared, s) for s in latents.SPLITS},
-                "label" if info["channels"] > 1 else "image",
-                len(self.prepared.labels),
-                dist.device,
-                self.seed,
-            )
-        distributed.barrier()
-        return path
+def latent_cache(run: RunFolder, prepared: PreparedSet, seed: int, encoder: str) -> Path:
+    """RUN/latents/<kind>.safetensors from the encoder now in the run (built once, reused later)."""
+    kind = spec_for(encoder).latents
+    assert kind is not None, f"{encoder} is not an encoder"
+    path, model = run.latents(kind), run.model(encoder)
+    dist = distributed.current()
+    if dist.is_main and not latents.cache_is_current(path, model):
+        nets, _, info = load_stage(run, encoder)
+        latents.build_cache(
+            path,
+            nets["autoencoder"],
+            model,
+            {s: load_split(prepared, s) for s in latents.SPLITS},
+            "label" if info["channels"] > 1 else "image",
+            len(prepared.labels),
+            dist.device,
+            seed,
+        )
+    distributed.barrier()
+    return path
 
 
 # ---------------------------------------------------------------- reading stages back from their folders
@@ -265,7 +268,7 @@ def train_stage(
     identity = check_run_data(run, prepared)
     check_resume(run, folder, section, resume)
     torch.manual_seed(seed)
-    ctx = StageContext(
+    ctx = stage_context(
         name, cfg, prepared, run, dist.device, seed, tuple(synthetic or ()), synthetic_fraction
     )
     recipe = spec.recipe(ctx)
@@ -293,3 +296,40 @@ def train_stage(
         description=folder,
         progress=progress,
     )
+
+
+def train_segmenter(
+    arch: str,
+    task: Task,
+    cfg: FoscuConfig,
+    prepared_root: Path,
+    run_folder: Path,
+    synthetic: list[Path] | None = None,
+    synthetic_fraction: float | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    seed: int | None = None,
+) -> tuple[Path, FitResult]:
+    """Train ``arch`` for ``task`` as stage ``seg/<arch>-<task>-<real|real+synthetic>[-seed<k>]`` of the run.
+
+    Synthetic sets (nnU-Net layout) join the training split only, ``synthetic_fraction`` synthetic cases
+    per real training case (default: the config's). ``seed`` (default: the config's) seeds weights, batch
+    order, augmentation and the synthetic draw; another seed than the config's trains into
+    ``...-seed<seed>/``. Returns the stage folder and the engine's result.
+    """
+    check_task(task)
+    name = seg_stage(
+        run_name(arch, task, bool(synthetic), None if seed is None or seed == cfg.seed else seed)
+    )
+    result = train_stage(
+        name,
+        cfg,
+        prepared_root,
+        run_folder,
+        resume,
+        progress,
+        seed=seed,
+        synthetic=synthetic,
+        synthetic_fraction=synthetic_fraction,
+    )
+    return RunFolder(run_folder).stage(name), result

@@ -49,7 +49,8 @@ def trained_segmenter(
 
     ``seed`` other than the config's trains into ``...-seed<k>/`` (train_segmenter's rule).
     """
-    from foscu.segmentation.train import run_name, train_segmenter
+    from foscu.segmentation.train import run_name
+    from foscu.stages import train_segmenter
 
     run = RunFolder(run_folder)
     name = run_name(arch, task, synthetic_dir is not None, None if seed is None or seed == cfg.seed else seed)

@@ -85,13 +85,13 @@ def test_latent_training_sets_stay_on_the_cpu_whatever_the_device(tiny_run, tiny
     from foscu.data.loaders import LatentSet
     from foscu.data.prepare import read_prepared
     from foscu.runs import RunFolder
-    from foscu.stages import StageContext, spec_for
+    from foscu.stages import spec_for, stage_context
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     cfg, prepared, meta = load_config("tiny"), read_prepared(tiny_prepared), torch.device("meta")
     for name in ("image-ldm", "controlnet"):
-        recipe = spec_for(name).recipe(StageContext(name, cfg, prepared, RunFolder(run), meta, cfg.seed))
+        recipe = spec_for(name).recipe(stage_context(name, cfg, prepared, RunFolder(run), meta, cfg.seed))
         data = recipe.train_set
         held = [data.mean, data.sigma, *data.extras.values()]
         assert [t.device.type for t in held] == ["cpu"] * len(held)

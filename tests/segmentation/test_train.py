@@ -13,7 +13,8 @@ from foscu.data.prepare import read_prepared
 from foscu.data.transforms import SeededDataset, train_transforms
 from foscu.errors import InputError
 from foscu.segmentation.networks import ARCHS, build_segmenter
-from foscu.segmentation.train import NET, SegmentationLoss, mix_training, train_segmenter
+from foscu.segmentation.train import NET, SegmentationLoss, mix_training
+from foscu.stages import train_segmenter
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +136,8 @@ def test_train_segmenter_seed_names_the_folder_and_seeds_the_run(tiny_prepared, 
     import yaml
 
     from foscu import stages
-    from foscu.segmentation.train import run_name, train_segmenter
+    from foscu.segmentation.train import run_name
+    from foscu.stages import train_segmenter
 
     fits = []
     monkeypatch.setattr(

@@ -22,7 +22,7 @@ from foscu.data.nifti import read_nifti, write_nifti
 from foscu.data.prepare import read_prepared
 from foscu.errors import InputError
 from foscu.labels import LABELS
-from foscu.segmentation.train import train_segmenter
+from foscu.stages import train_segmenter
 
 runner = CliRunner()
 

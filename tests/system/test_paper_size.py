@@ -90,7 +90,7 @@ def test_every_stage_a_pair_and_every_segmenter_at_the_paper_size(paper_data, mo
     from foscu.generative.sampling import generate
     from foscu.segmentation import train as seg_train
     from foscu.segmentation.networks import ARCHS
-    from foscu.stages import train_stage
+    from foscu.stages import train_segmenter, train_stage
 
     cfg = load_config("paper", _one_step_overrides())
     run = paper_data / "run"
@@ -117,7 +117,7 @@ def test_every_stage_a_pair_and_every_segmenter_at_the_paper_size(paper_data, mo
     real_validator = seg_train.Validator
     for arch in ARCHS:
         monkeypatch.setattr(seg_train, "Validator", real_validator if arch == "dynunet" else _NoValidation)
-        folder, fitted = seg_train.train_segmenter(
+        folder, fitted = train_segmenter(
             arch, "multiclass", cfg, paper_data / "segmentation", run, progress=False
         )
         assert fitted.steps == 1 and (folder / "model.safetensors").is_file(), arch

@@ -21,7 +21,7 @@ from foscu.engine.loop import Recipe
 from foscu.errors import InputError
 
 if TYPE_CHECKING:
-    from foscu.stages import StageContext
+    from foscu.context import StageContext
 
 
 def build_autoencoder(stage: AutoencoderStage, channels: int) -> dict[str, nn.Module]:
@@ -149,7 +149,7 @@ def _patch(ctx: StageContext, downsamples: int) -> list[int] | None:
     patch, roi = ctx.section.patch_size, ctx.prepared.roi
     if patch is None:
         return None
-    key = f"{ctx.spec.section}.patch_size"
+    key = f"{ctx.section_name}.patch_size"
     if len(patch) != 3 or any(p > r for p, r in zip(patch, roi, strict=True)):
         raise InputError(key, f"needs 3 sizes within the ROI {tuple(roi)}, got {patch}")
     check_divisible(tuple(patch), 2**downsamples, f"{ctx.name} ({downsamples} downsamplings)", key)

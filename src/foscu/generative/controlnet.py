@@ -29,7 +29,7 @@ from foscu.generative import diffusion, latents
 from foscu.labels import LABELS
 
 if TYPE_CHECKING:
-    from foscu.stages import StageContext
+    from foscu.context import StageContext
 
 
 def embedding_channels(stage: ControlNetStage, downsamples: int) -> list[int]:

@@ -22,7 +22,7 @@ from foscu.generative.autoencoders import check_divisible
 from foscu.generative.schedulers import training_scheduler
 
 if TYPE_CHECKING:
-    from foscu.stages import StageContext
+    from foscu.context import StageContext
 
 
 def build_diffusion(stage: DiffusionStage, latent_channels: int) -> dict[str, nn.Module]:
@@ -134,7 +134,7 @@ def recipe(ctx: StageContext, encoder: str) -> Recipe:
         tuple(mean.shape[2:]),
         2**levels,
         f"{ctx.name} (a {levels + 1}-level UNet on the latent grid)",
-        f"{ctx.spec.section}.unet.channels",
+        f"{ctx.section_name}.unet.channels",
     )
     nets = build_diffusion(section, mean.shape[1])
     scheduler = training_scheduler(section.scheduler, section.objective)

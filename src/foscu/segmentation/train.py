@@ -15,7 +15,7 @@ import numpy as np
 
 from foscu.engine.loop import Recipe
 from foscu.errors import InputError
-from foscu.labels import LABELS, TASKS, Task, check_task
+from foscu.labels import LABELS, TASKS, Task
 from foscu.runs import seg_stage
 from foscu.segmentation.predict import NET
 
@@ -23,9 +23,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from foscu.config import FoscuConfig
-    from foscu.engine.loop import FitResult
-    from foscu.stages import StageContext
+    from foscu.context import StageContext
 
 
 def run_name(arch: str, task: Task, synthetic: bool, seed: int | None = None) -> str:
@@ -222,43 +220,3 @@ def recipe(ctx: StageContext) -> Recipe:
         info=info,
         metadata={"arch": arch, "task": task},
     )
-
-
-def train_segmenter(
-    arch: str,
-    task: Task,
-    cfg: FoscuConfig,
-    prepared_root: Path,
-    run_folder: Path,
-    synthetic: list[Path] | None = None,
-    synthetic_fraction: float | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    seed: int | None = None,
-) -> tuple[Path, FitResult]:
-    """Train ``arch`` for ``task`` as stage ``seg/<arch>-<task>-<real|real+synthetic>[-seed<k>]`` of the run.
-
-    Synthetic sets (nnU-Net layout) join the training split only, ``synthetic_fraction`` synthetic cases
-    per real training case (default: the config's). ``seed`` (default: the config's) seeds weights, batch
-    order, augmentation and the synthetic draw; another seed than the config's trains into
-    ``...-seed<seed>/``. Returns the stage folder and the engine's result.
-    """
-    from foscu.runs import RunFolder
-    from foscu.stages import train_stage
-
-    check_task(task)
-    name = seg_stage(
-        run_name(arch, task, bool(synthetic), None if seed is None or seed == cfg.seed else seed)
-    )
-    result = train_stage(
-        name,
-        cfg,
-        prepared_root,
-        run_folder,
-        resume,
-        progress,
-        seed=seed,
-        synthetic=synthetic,
-        synthetic_fraction=synthetic_fraction,
-    )
-    return RunFolder(run_folder).stage(name), result

@@ -1,0 +1,56 @@
+"""StageContext: what a stage's recipe may read of the run it trains in (the table in stages.py fills it).
+
+A recipe (``autoencoders.recipe``, ``diffusion.recipe``, ``controlnet.recipe``, ``segmentation.train.recipe``)
+sees its name, config section, prepared set, device and seed, and reaches earlier stages only through the
+three callables: the one loader, the one config.yaml reader and the latent cache of an encoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from foscu.config import FoscuConfig
+    from foscu.data.prepare import PreparedSet
+    from foscu.runs import RunFolder
+
+Loaded = tuple[
+    dict[str, "nn.Module"], dict[str, Any], dict[str, Any]
+]  # networks, weight metadata, config.yaml
+
+
+@dataclass
+class StageContext:
+    """One stage's view of its run: settings and data, and the earlier stages through the run folder."""
+
+    name: str  # the stage's name: "label-ldm", "controlnet", "seg/unet-multiclass-real", ...
+    cfg: FoscuConfig
+    section_name: str  # the FoscuConfig section the stage reads ("label_ldm", "segmentation", ...)
+    prepared: PreparedSet
+    run: RunFolder
+    device: torch.device
+    seed: int
+    loader: Callable[[str], Loaded]  # a trained stage of the run, rebuilt from its own folder
+    reader: Callable[[str], dict[str, Any]]  # a trained stage's config.yaml
+    latent_cache: Callable[[str], Path]  # RUN/latents/<kind>.safetensors of an encoder stage, built once
+    synthetic: tuple[Path, ...] = ()  # segmentation: synthetic sets joining the training split
+    synthetic_fraction: float | None = None
+
+    @property
+    def section(self) -> Any:
+        return getattr(self.cfg, self.section_name)
+
+    def load(self, name: str) -> Loaded:
+        return self.loader(name)
+
+    def info(self, name: str) -> dict[str, Any]:
+        return self.reader(name)
+
+    def latents(self, encoder: str) -> Path:
+        return self.latent_cache(encoder)
