@@ -6,6 +6,8 @@ A 6-case phantom at 32 x 32 x 16 is prepared in OUT, then the seven generative s
 stages (multi-class with the config's seed, liver-only with seed 5) train into OUT/run. One line per stage:
 the sha256 of its model.safetensors tensors (names and bytes, sorted; the file's metadata order varies) and
 the stage. Run it on two commits and diff the output: a restructuring that keeps behaviour prints the same.
+Compare runs with the same thread count (e.g. both under OMP_NUM_THREADS=1): float sums, and so the
+digests, change with the number of threads.
 """
 
 from __future__ import annotations

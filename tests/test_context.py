@@ -23,9 +23,9 @@ def test_a_recipe_sees_its_own_section_and_other_stages_through_the_given_callab
         run=RunFolder(tmp_path),
         device=torch.device("cpu"),
         seed=3,
-        loader=lambda name: calls.append(("load", name)) or ({}, {}, {"stage": name}),
-        reader=lambda name: calls.append(("info", name)) or {"stage": name},
-        latent_cache=lambda name: calls.append(("latents", name)) or Path(f"{name}.safetensors"),
+        load=lambda name: calls.append(("load", name)) or ({}, {}, {"stage": name}),
+        info=lambda name: calls.append(("info", name)) or {"stage": name},
+        latents=lambda name: calls.append(("latents", name)) or Path(f"{name}.safetensors"),
     )
     assert ctx.section is cfg.label_ldm and ctx.section.train.steps == 4
     assert ctx.load("label-vae")[2] == {"stage": "label-vae"}

@@ -2,7 +2,8 @@
 
 A recipe (``autoencoders.recipe``, ``diffusion.recipe``, ``controlnet.recipe``, ``segmentation.train.recipe``)
 sees its name, config section, prepared set, device and seed, and reaches earlier stages only through the
-three callables: the one loader, the one config.yaml reader and the latent cache of an encoder.
+three callables it holds: ``load`` (the one loader), ``info`` (the one config.yaml reader) and ``latents`` (an
+encoder's latent cache).
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ if TYPE_CHECKING:
     from foscu.data.prepare import PreparedSet
     from foscu.runs import RunFolder
 
-Loaded = tuple[
-    dict[str, "nn.Module"], dict[str, Any], dict[str, Any]
-]  # networks, weight metadata, config.yaml
+# a trained stage: its networks, its weights' metadata and its config.yaml
+Loaded = tuple[dict[str, "nn.Module"], dict[str, Any], dict[str, Any]]
 
 
 @dataclass
@@ -36,21 +36,12 @@ class StageContext:
     run: RunFolder
     device: torch.device
     seed: int
-    loader: Callable[[str], Loaded]  # a trained stage of the run, rebuilt from its own folder
-    reader: Callable[[str], dict[str, Any]]  # a trained stage's config.yaml
-    latent_cache: Callable[[str], Path]  # RUN/latents/<kind>.safetensors of an encoder stage, built once
+    load: Callable[[str], Loaded]  # a trained stage of the run, rebuilt from its own folder
+    info: Callable[[str], dict[str, Any]]  # a trained stage's config.yaml
+    latents: Callable[[str], Path]  # RUN/latents/<kind>.safetensors of an encoder stage, built once
     synthetic: tuple[Path, ...] = ()  # segmentation: synthetic sets joining the training split
     synthetic_fraction: float | None = None
 
     @property
     def section(self) -> Any:
         return getattr(self.cfg, self.section_name)
-
-    def load(self, name: str) -> Loaded:
-        return self.loader(name)
-
-    def info(self, name: str) -> dict[str, Any]:
-        return self.reader(name)
-
-    def latents(self, encoder: str) -> Path:
-        return self.latent_cache(encoder)

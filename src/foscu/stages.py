@@ -101,9 +101,9 @@ def stage_context(
         run,
         device,
         seed,
-        loader=partial(load_stage, run),
-        reader=lambda stage: read_stage_info(run.stage(stage)),
-        latent_cache=partial(latent_cache, run, prepared, seed),
+        load=partial(load_stage, run),
+        info=lambda stage: read_stage_info(run.stage(stage)),
+        latents=partial(latent_cache, run, prepared, seed),
         synthetic=synthetic,
         synthetic_fraction=synthetic_fraction,
     )

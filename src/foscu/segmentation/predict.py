@@ -62,9 +62,7 @@ def read_run(folder: Path) -> SegRun:
     from foscu.stages import read_stage_info
 
     path = Path(folder) / CONFIG
-    if not path.is_file():
-        raise InputError(path, "missing: not a segmentation run folder")
-    raw = read_stage_info(Path(folder))
+    raw = read_stage_info(Path(folder))  # refuses a folder without config.yaml, naming it
     try:
         return SegRun(
             folder=Path(folder),
