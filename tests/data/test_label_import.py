@@ -320,6 +320,17 @@ def test_totalsegmentator_value_outside_header_table_refused(tmp_path):
     assert "label values [25] are not in its header's label table" in err
 
 
+def test_totalsegmentator_uncompressed_file_with_two_tables_refused(tmp_path):
+    root = tmp_path / "ts"
+    _ts_case(root / "mr0", TOTAL_MR)
+    img = nib.load(str(root / "mr0" / "segmentations.nii.gz"))
+    img.header.extensions.append(nib.nifti1.Nifti1Extension(0, _caret_xml(TOTAL_CT)))
+    nib.save(img, str(root / "mr0" / "segmentations.nii"))  # -o segmentations.nii
+    (root / "mr0" / "segmentations.nii.gz").unlink()
+    err = _refused(_import_ts(root, tmp_path / "x"), tmp_path / "x")
+    assert "segmentations.nii: 2 label tables in its header extensions" in err
+
+
 def test_totalsegmentator_own_writer_total_mr(tmp_path):
     """Where TotalSegmentator is installed: a file its own --ml writer labels, with its total_mr table."""
     writer = pytest.importorskip("totalsegmentator.nifti_ext_header")
