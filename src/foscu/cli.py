@@ -163,7 +163,12 @@ def import_command(
         typer.Option("--map", help="SOURCE=TARGET: structure name/value -> FOSCU label (repeat)"),
     ] = None,
     classes: Annotated[
-        Path | None, typer.Option("--classes", help="class map JSON of a multi-label segmentation file")
+        Path | None,
+        typer.Option(
+            "--classes",
+            help="class map JSON (value -> name) for multi-label files without a label table in their "
+            "header (TotalSegmentator --ml writes one); where they have one, it must agree",
+        ),
     ] = None,
     sequence: Annotated[
         str, typer.Option("--sequence", help="CHAOS: T2SPIR | T1DUAL/InPhase | T1DUAL/OutPhase")

@@ -177,6 +177,182 @@ def test_totalsegmentator_folder_of_masks_and_multilabel(tmp_path):
     assert res.exit_code == 2 and "needs --classes" in res.stderr and not (tmp_path / "raw3").exists()
 
 
+# total_mr's numbering (TotalSegmentator map_to_binary.py) and `total` v2's (CT): same names, other values
+TOTAL_MR = {1: "spleen", 5: "liver", 24: "inferior_vena_cava", 25: "portal_vein_and_splenic_vein"}
+TOTAL_CT = {1: "spleen", 5: "liver", 63: "inferior_vena_cava", 64: "portal_vein_and_splenic_vein"}
+OURS = {
+    "spleen": "spleen",
+    "liver": "liver",
+    "inferior_vena_cava": "hv",
+    "portal_vein_and_splenic_vein": "vessel",
+}
+
+
+def _caret_xml(table: dict[int, str]) -> bytes:
+    """A label table laid out as TotalSegmentator's --ml header extension (CaretExtension XML)."""
+    labels = "".join(
+        f'<Label Key="{value}" Red="0.5" Green="0.25" Blue="1.0" Alpha="1"><![CDATA[{name}]]></Label>\n'
+        for value, name in table.items()
+    )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?> <CaretExtension> <Date><![CDATA[2024-01-01T00:00:00]]></Date>'
+        f' <VolumeInformation Index="0"> <LabelTable>\n{labels}</LabelTable> <StudyMetaDataLinkSet>'
+        "</StudyMetaDataLinkSet> <VolumeType><![CDATA[Label]]></VolumeType> </VolumeInformation>"
+        "</CaretExtension>\n    "
+    ).encode()
+
+
+def _ts_case(folder: Path, table: dict[int, str], xml: bytes | None = None, code: int = 0) -> np.ndarray:
+    """One ``--ml`` case: image + uint8 segmentations.nii.gz, its table in a header extension; the array."""
+    masks = _structures()
+    multi = np.zeros(GRID, np.uint8)
+    for value, name in table.items():
+        multi[masks[OURS[name]]] = value
+    _nii(folder / "mri.nii.gz", _image())
+    img = nib.Nifti1Image(multi, AFFINE)
+    if xml is not None or table:
+        img.header.extensions.append(nib.nifti1.Nifti1Extension(code, xml or _caret_xml(table)))
+    nib.save(img, str(folder / "segmentations.nii.gz"))
+    return multi
+
+
+def _import_ts(root: Path, out: Path, *options: str):
+    return CliRunner().invoke(app, ["import", "totalsegmentator", str(root), str(out), *options])
+
+
+def _refused(res, out: Path) -> str:
+    """The one stderr line of a refusal (exit 2, no output folder)."""
+    assert res.exit_code == 2 and not out.exists(), res.output
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    return res.stderr
+
+
+def test_totalsegmentator_header_table_without_classes(tmp_path):
+    root, masks = tmp_path / "ts", _structures()
+    multi = {
+        "mr0": _ts_case(root / "mr0", TOTAL_MR),  # code 0, as TotalSegmentator writes it
+        "ct0": _ts_case(root / "ct0", TOTAL_CT, code=30),  # nibabel's "caret" code: found by content
+    }
+    assert nib.load(str(root / "mr0" / "segmentations.nii.gz")).header.extensions[0].get_code() == 0
+    res = _import_ts(root, tmp_path / "raw")
+    assert res.exit_code == 0, res.output
+    by_hand = {"mr0": {5: LIVER, 25: PORTAL_VEIN}, "ct0": {5: LIVER, 64: PORTAL_VEIN}}  # IVC, spleen: 0
+    for case, values in by_hand.items():
+        expected = np.zeros(GRID, np.uint8)
+        for value, foscu in values.items():
+            expected[multi[case] == value] = foscu
+        assert np.array_equal(_label(tmp_path / "raw", case), expected)
+        assert not _label(tmp_path / "raw", case)[masks["hv"] & ~masks["vessel"]].any()
+    record = json.loads((tmp_path / "raw" / "import.json").read_text())
+    assert record["label_tables"] == {"header": 2} and record["classes_file"] is None
+    assert {c["label_table"] for c in record["cases"].values()} == {"header"}
+    assert record["mapping"] == {"liver": "liver", "portal_vein_and_splenic_vein": "portal_vein"}
+    assert record["unmapped_to_background"] == ["inferior_vena_cava", "spleen"]
+    meta = json.loads((tmp_path / "raw" / "dataset.json").read_text())
+    assert meta["foscu_import"]["label_tables"] == {"header": 2}
+    _prepare(tmp_path / "raw", tmp_path / "prep")
+
+
+def test_totalsegmentator_classes_checked_against_header(tmp_path):
+    root = tmp_path / "ts"
+    _ts_case(root / "mr0", TOTAL_MR)
+    agree = tmp_path / "agree.json"
+    agree.write_text(json.dumps({"5": "Liver", "25": "portal_vein_and_splenic_vein"}))  # a part of the table
+    record = import_labels("totalsegmentator", root, tmp_path / "raw", classes=agree)
+    assert record["label_tables"] == {"header": 1} and record["classes_file"] == str(agree)
+    assert "spleen" in record["unmapped_to_background"]  # the table's classes, not only the map's
+    ct_map = tmp_path / "ct.json"  # total v2's (CT) numbering given for an MR file
+    ct_map.write_text(json.dumps({str(v): n for v, n in TOTAL_CT.items()}))
+    err = _refused(_import_ts(root, tmp_path / "x", "--classes", str(ct_map)), tmp_path / "x")
+    assert "value 63 is 'inferior_vena_cava' in --classes" in err and "but nothing in the file's own" in err
+    swapped = tmp_path / "swapped.json"
+    swapped.write_text(json.dumps({"5": "liver", "25": "inferior_vena_cava"}))
+    err = _refused(_import_ts(root, tmp_path / "x", "--classes", str(swapped)), tmp_path / "x")
+    assert "segmentations.nii.gz: value 25 is 'inferior_vena_cava' in --classes" in err
+    assert "but 'portal_vein_and_splenic_vein' in the file's own label table" in err
+
+
+def test_totalsegmentator_multilabel_without_table(tmp_path):
+    root = tmp_path / "ts"
+    multi = _ts_case(root / "mr0", TOTAL_MR)
+    nib.save(nib.Nifti1Image(multi, AFFINE), str(root / "mr0" / "segmentations.nii.gz"))  # no extension
+    err = _refused(_import_ts(root, tmp_path / "x"), tmp_path / "x")
+    assert "segmentations.nii.gz: a multi-label file needs --classes (its header holds no label table)" in err
+    classes = tmp_path / "classes.json"
+    classes.write_text(json.dumps({str(v): n for v, n in TOTAL_MR.items()}))
+    record = import_labels("totalsegmentator", root, tmp_path / "raw", classes=classes)
+    assert record["label_tables"] == {"--classes": 1} and record["cases"]["mr0"]["label_table"] == "--classes"
+    assert (_label(tmp_path / "raw", "mr0") == PORTAL_VEIN).any()
+    shutil.rmtree(root / "mr0")
+    _nii(root / "s0" / "ct.nii.gz", _image())
+    _nii(root / "s0" / "segmentations" / "liver.nii.gz", _structures()["liver"].astype(np.uint8))
+    err = _refused(_import_ts(root, tmp_path / "y", "--classes", str(classes)), tmp_path / "y")
+    assert "--classes given, but no case has a multi-label segmentations file" in err
+    record = import_labels("totalsegmentator", root, tmp_path / "raw2")
+    assert record["label_tables"] == {"per-structure files": 1}
+
+
+@pytest.mark.parametrize(
+    "xml, problem",
+    [
+        (_caret_xml(TOTAL_MR)[:-40], "not well-formed XML"),  # cut inside the closing tags
+        (b"<CaretExtension><VolumeInformation/></CaretExtension>", "no CaretExtension/VolumeInformation"),
+        (_caret_xml({5: "liver"}).replace(b'Key="5"', b'Key="five"'), "expected an integer Key"),
+        (_caret_xml({5: "liver", 6: "Liver"}), "names 'liver' or value 6 twice"),
+        (
+            b'<!DOCTYPE r [<!ENTITY a "aaaa">]><CaretExtension>&a;</CaretExtension>',
+            "DOCTYPE/ENTITY declaration",
+        ),
+    ],
+    ids=["truncated", "no-label-table", "key-not-integer", "name-twice", "entity-declaration"],
+)
+def test_totalsegmentator_malformed_table_refused(tmp_path, xml, problem):
+    root = tmp_path / "ts"
+    _ts_case(root / "mr0", TOTAL_MR, xml=xml)
+    err = _refused(_import_ts(root, tmp_path / "x"), tmp_path / "x")
+    assert f"{root / 'mr0' / 'segmentations.nii.gz'}: " in err and problem in err
+
+
+def test_totalsegmentator_value_outside_header_table_refused(tmp_path):
+    root = tmp_path / "ts"
+    _ts_case(root / "mr0", TOTAL_MR, xml=_caret_xml({5: "liver", 24: "inferior_vena_cava", 1: "spleen"}))
+    err = _refused(_import_ts(root, tmp_path / "x"), tmp_path / "x")
+    assert "label values [25] are not in its header's label table" in err
+
+
+def test_totalsegmentator_uncompressed_file_with_two_tables_refused(tmp_path):
+    root = tmp_path / "ts"
+    _ts_case(root / "mr0", TOTAL_MR)
+    img = nib.load(str(root / "mr0" / "segmentations.nii.gz"))
+    img.header.extensions.append(nib.nifti1.Nifti1Extension(0, _caret_xml(TOTAL_CT)))
+    nib.save(img, str(root / "mr0" / "segmentations.nii"))  # -o segmentations.nii
+    (root / "mr0" / "segmentations.nii.gz").unlink()
+    err = _refused(_import_ts(root, tmp_path / "x"), tmp_path / "x")
+    assert "segmentations.nii: 2 label tables in its header extensions" in err
+
+
+def test_totalsegmentator_own_writer_total_mr(tmp_path):
+    """Where TotalSegmentator is installed: a file its own --ml writer labels, with its total_mr table."""
+    writer = pytest.importorskip("totalsegmentator.nifti_ext_header")
+    class_map = pytest.importorskip("totalsegmentator.map_to_binary").class_map["total_mr"]
+    root = tmp_path / "ts"
+    multi = _ts_case(root / "p01", {})
+    for value, name in TOTAL_MR.items():
+        assert class_map[value] == name  # the numbers this file's other tests use
+        multi[_structures()[OURS[name]]] = value
+    img = writer.add_label_map_to_nifti(nib.Nifti1Image(multi, AFFINE), class_map)
+    nib.save(img, str(root / "p01" / "segmentations.nii.gz"))
+    record = import_labels("totalsegmentator", root, tmp_path / "raw")
+    assert (
+        record["label_tables"] == {"header": 1}
+        and len(record["unmapped_to_background"]) == len(class_map) - 2
+    )
+    assert np.array_equal(
+        _label(tmp_path / "raw", "p01"),
+        np.where(multi == 5, LIVER, 0) + np.where(multi == 25, PORTAL_VEIN, 0),
+    )
+
+
 # ---- 3D-IRCADb -------------------------------------------------------------------------------------------
 
 

@@ -7,7 +7,8 @@ Where structures overlap, the higher FOSCU value wins (tumor over vessels over l
 Formats, each read in its published layout (``FORMATS``):
 - ``msd``: Medical Segmentation Decathlon Task03_Liver / Task08_HepaticVessel (dataset.json names);
 - ``totalsegmentator``: case folders with an image and ``segmentations/<structure>.nii.gz`` masks, or a
-  multi-label ``segmentations.nii.gz`` with its class map (``--classes``);
+  multi-label ``segmentations.nii.gz`` named by the label table in its header (``totalseg_table``) or,
+  without one, by a class map (``--classes``);
 - ``ircadb``: 3D-IRCADb ``3Dircadb1.N/PATIENT_DICOM`` + ``MASKS_DICOM/<structure>/`` DICOM masks;
 - ``chaos``: CHAOS MR ``<patient>/T2SPIR/DICOM_anon`` + one ``Ground/*.png`` mask per slice.
 """
@@ -24,6 +25,7 @@ import numpy as np
 
 from foscu.data.layout import image_path, label_path, write_dataset_json
 from foscu.data.nifti import read_nifti, write_nifti
+from foscu.data.totalseg_table import check_agreement, read_label_table
 from foscu.errors import InputError
 from foscu.labels import LABELS
 from foscu.runs import atomic_folder, write_json_atomic
@@ -37,6 +39,7 @@ DEFAULT_RULES: dict[str, list[str]] = {
 }
 CHAOS_BANDS = {"liver": (55, 70), "right_kidney": (110, 135), "left_kidney": (175, 200), "spleen": (240, 255)}
 CHAOS_SEQUENCES = ("T2SPIR", "T1DUAL/InPhase", "T1DUAL/OutPhase")
+MULTILABEL_NAMES = ("segmentations.nii.gz", "segmentations.nii")  # TotalSegmentator --ml -o segmentations...
 
 
 @dataclass
@@ -48,6 +51,7 @@ class ForeignCase:
     affine: np.ndarray
     masks: dict[str, np.ndarray]  # structure name -> bool (X, Y, Z) on the image grid
     source: str
+    label_table: str | None = None  # where the structure names came from, for formats that vary
 
 
 def parse_rules(rules: list[str], option: str = "--map") -> list[tuple[str, str]]:
@@ -158,16 +162,54 @@ def _read_classes(path: Path) -> dict[str, int]:
 
 
 def read_totalsegmentator(root: Path, classes: Path | None) -> tuple[Iterator[ForeignCase], dict[str, int]]:
-    """Case folders: one image NIfTI + ``segmentations/*.nii.gz`` or ``segmentations.nii.gz`` (+ classes)."""
+    """Case folders: one image NIfTI + ``segmentations/*.nii.gz`` or a multi-label ``segmentations.nii.gz``.
+
+    A multi-label file's classes come from its own header table (``totalseg_table``), checked against
+    ``classes`` where both exist, else from ``classes``; each file is read with its own table, so files of
+    different TotalSegmentator versions or tasks import together. Structures map name -> value (-1 where
+    masks are per structure or where tables give one name different values).
+    """
     class_map = _read_classes(classes) if classes is not None else None
     folders = sorted(p for p in root.iterdir() if p.is_dir())
-    structures = dict(class_map or {})
+    tables: dict[Path, tuple[Path, dict[str, int], str]] = {}  # folder -> (file, table, source)
+    structures: dict[str, int] = {}
     for folder in folders:
-        structures.update({_stem(m).lower(): -1 for m in _nifti_files(folder / "segmentations")})
-    return _totalsegmentator_cases(folders, class_map), structures
+        if (folder / "segmentations").is_dir():
+            structures.update({_stem(m).lower(): -1 for m in _nifti_files(folder / "segmentations")})
+        elif (multi := _multilabel_file(folder)) is not None:
+            table, source = _multilabel_table(multi, class_map, classes)
+            tables[folder] = (multi, table, source)
+            for name, value in table.items():
+                structures[name] = value if structures.get(name, value) == value else -1
+    if classes is not None and not tables:
+        raise InputError(classes, "--classes given, but no case has a multi-label segmentations file")
+    return _totalsegmentator_cases(folders, tables), structures
 
 
-def _totalsegmentator_cases(folders: list[Path], class_map: dict[str, int] | None) -> Iterator[ForeignCase]:
+def _multilabel_file(folder: Path) -> Path | None:
+    found = [folder / name for name in MULTILABEL_NAMES if (folder / name).is_file()]
+    if len(found) > 1:
+        raise InputError(folder, f"both {found[0].name} and {found[1].name}; expected one multi-label file")
+    return found[0] if found else None
+
+
+def _multilabel_table(
+    path: Path, class_map: dict[str, int] | None, classes: Path | None
+) -> tuple[dict[str, int], str]:
+    """A multi-label file's class table and its source: ``header`` or ``--classes``."""
+    table = read_label_table(path)
+    if table is None:
+        if class_map is None:
+            raise InputError(path, "a multi-label file needs --classes (its header holds no label table)")
+        return class_map, "--classes"
+    if class_map is not None and classes is not None:
+        check_agreement(table, class_map, path, classes)
+    return table, "header"
+
+
+def _totalsegmentator_cases(
+    folders: list[Path], tables: dict[Path, tuple[Path, dict[str, int], str]]
+) -> Iterator[ForeignCase]:
     for folder in folders:
         images = [p for p in _nifti_files(folder) if not _stem(p).startswith("segmentations")]
         if len(images) != 1:
@@ -177,16 +219,19 @@ def _totalsegmentator_cases(folders: list[Path], class_map: dict[str, int] | Non
         image = read_nifti(images[0])
         masks: dict[str, np.ndarray] = {}
         if (folder / "segmentations").is_dir():
+            table_source = "per-structure files"
             for mask_file in _nifti_files(folder / "segmentations"):
                 masks[_stem(mask_file).lower()] = _on_grid(mask_file, image.affine, image.array.shape) > 0
-        elif (folder / "segmentations.nii.gz").is_file():
-            if class_map is None:
-                raise InputError(folder / "segmentations.nii.gz", "a multi-label file needs --classes")
-            array = _on_grid(folder / "segmentations.nii.gz", image.affine, image.array.shape)
-            masks = _masks_from_multilabel(array, class_map)
+        elif folder in tables:
+            multi, table, table_source = tables[folder]
+            array = _on_grid(multi, image.affine, image.array.shape)
+            bad = sorted(set(np.unique(array).tolist()) - {0, *table.values()})
+            if bad and table_source == "header":
+                raise InputError(multi, f"label values {bad} are not in its header's label table")
+            masks = _masks_from_multilabel(array, table)
         else:
             raise InputError(folder, "no segmentations/ folder and no segmentations.nii.gz")
-        yield ForeignCase(folder.name, image.array, image.affine, masks, str(folder))
+        yield ForeignCase(folder.name, image.array, image.affine, masks, str(folder), table_source)
 
 
 def read_ircadb(root: Path) -> tuple[Iterator[ForeignCase], dict[str, int]]:
@@ -278,8 +323,18 @@ def _iter_written(
                 "structures": sorted(case.masks),
                 "voxels": counts,
                 "classes_absent": [name for name, n in counts.items() if n == 0],
+                **({"label_table": case.label_table} if case.label_table else {}),
             },
         )
+
+
+def _table_sources(per_case: dict[str, dict], classes: str | Path | None) -> dict:
+    """``label_tables``: cases per source of structure names (header, --classes, per-structure files)."""
+    sources = [record["label_table"] for record in per_case.values() if "label_table" in record]
+    if not sources:
+        return {}
+    counts = {source: sources.count(source) for source in sorted(set(sources))}
+    return {"label_tables": counts, "classes_file": str(classes) if classes is not None else None}
 
 
 def import_labels(
@@ -295,7 +350,8 @@ def import_labels(
     Args:
         fmt: msd | totalsegmentator | ircadb | chaos.
         rules: ``SOURCE=TARGET`` rules, tried before the format's defaults (``DEFAULT_RULES``).
-        classes: class map JSON of a TotalSegmentator multi-label file.
+        classes: class map JSON (value -> name) of TotalSegmentator multi-label files whose header holds
+            no label table; where it does, the map is checked against the table.
         sequence: CHAOS sequence (T2SPIR, T1DUAL/InPhase, T1DUAL/OutPhase).
     Returns the import record, also in ``import.json`` and dataset.json's ``foscu_import``.
     """
@@ -314,9 +370,10 @@ def import_labels(
             "rules": list(rules or []),
             "mapping": mapping,
             "unmapped_to_background": sorted(set(structures) - set(mapping)),
+            **_table_sources(per_case, classes),
             "cases": per_case,
         }
-        summary = {k: record[k] for k in ("format", "source", "rules", "mapping", "unmapped_to_background")}
+        summary = {k: v for k, v in record.items() if k != "cases"}
         write_dataset_json(tmp, f"{fmt} import of {root.name}", len(per_case), foscu_import=summary)
         write_json_atomic(tmp / "import.json", record)
     return record
