@@ -220,6 +220,10 @@ class SampleConfig(Section):
     # decode latents in overlapping patches of this latent-grid size (MONAI sliding window) when a whole
     # volume does not fit in GPU memory while decoding; None decodes whole volumes (exact, the default)
     decode_patch: list[int] | None = None
+    # clean sampled labels before their image is drawn (generative/label_cleaning.py): one liver, tumor
+    # components below min_tumor_ml (the smallest real tumor: 2 mL in the proof set) and detached vessels out
+    clean_labels: bool = False
+    min_tumor_ml: float = Field(2.0, gt=0)
 
 
 class ExperimentConfig(Section):

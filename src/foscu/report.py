@@ -310,7 +310,8 @@ def evidence_summary(run: Path, experiment: dict) -> list[str]:
         f = {r["feature"]: r for r in realism["features"]}
         liver = f.get("liver_ml")
         share = f.get("organ_largest_share")
-        presence = {p["class"]: p for p in realism["presence"]}
+        presence = {p["class"]: p for p in realism["presence"] if p.get("min_ml") is None}
+        sized = [p for p in realism["presence"] if p.get("min_ml") is not None]
         if liver and share:
             lines.append(
                 f"Generated labels: median liver {_fmt(liver['generated median'])} mL against "
@@ -321,6 +322,18 @@ def evidence_summary(run: Path, experiment: dict) -> list[str]:
                     for c, p in presence.items()
                 )
                 + f"; summary distance {_fmt(realism['summary_distance'])} (0 = real)."
+            )
+        for p in sized:
+            lines.append(
+                f"Counted at the smallest real tumor ({_fmt(p['min_ml'])} mL), tumor is present in "
+                f"{p['generated']:.0%} of generated labels against {p['real']:.0%} of real ones (difference "
+                f"{p['difference']:+.0%}, 95 % interval {p['difference_low']:+.0%} to {p['difference_high']:+.0%})."
+            )
+        if "features_rejected" in realism:
+            n_tested = sum(r.get("p_holm") is not None for r in realism["features"])
+            lines.append(
+                f"{realism['features_rejected']} of {n_tested} label features differ from the real ones at 5 % "
+                "(Kolmogorov-Smirnov, Holm-corrected over the features)."
             )
     memorization = _load_json(folder.evidence("memorization"))
     if memorization and memorization.get("near_copies"):

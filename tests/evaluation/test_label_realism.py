@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from foscu.evaluation.label_realism import compare_labels, label_features, label_realism
+from foscu.evaluation.label_realism import (
+    compare_labels,
+    holm,
+    label_features,
+    label_realism,
+    proportion_difference,
+)
 from foscu.labels import HEPATIC_VEIN, LIVER, PORTAL_VEIN, TUMOR
 
 
@@ -53,7 +59,7 @@ def test_identical_sets_have_zero_distance_and_shifted_sets_do_not():
     blobs = {f"g{i}": _liver_case(vessel_outside=True, tumors=2, split_liver=True) for i in range(4)}
     off = label_realism(real, blobs, (1.0, 1.0, 1.0))
     assert off["summary_distance"] > 0.5
-    presence = {p["class"]: p for p in off["presence"]}
+    presence = {p["class"]: p for p in off["presence"] if p["min_ml"] is None}
     assert presence["tumor"]["real"] == pytest.approx(0.5) and presence["tumor"]["generated"] == 1.0
     assert presence["hepatic_vein"]["generated"] == 1.0
 
@@ -61,3 +67,56 @@ def test_identical_sets_have_zero_distance_and_shifted_sets_do_not():
 def test_compare_needs_both_sets():
     with pytest.raises(ValueError):
         compare_labels({}, {"g": label_features(_liver_case(), (1.0, 1.0, 1.0))})
+
+
+def test_largest_tumor_volume_by_hand():
+    label = _liver_case(tumors=2)
+    label[30:33, 30:33, 15:18] = TUMOR  # a third tumor of 27 voxels, the largest
+    f = label_features(label, spacing=(1.0, 1.0, 2.0))
+    assert f["tumor_largest_ml"] == pytest.approx(27 * 0.002)
+    assert label_features(_liver_case(tumors=0), (1.0, 1.0, 1.0))["tumor_largest_ml"] == 0.0
+
+
+def test_tumor_presence_at_the_smallest_real_tumor_leaves_speckle_out():
+    """Real: 2 of 4 hold a 2x2x2 tumor. Generated: every label holds a tumor, but in 3 of 4 it is one voxel
+    of speckle: any voxel says 100 %, at the smallest real tumor's size it is 25 %."""
+    real = {f"r{i}": _liver_case(tumors=i % 2) for i in range(4)}
+    generated = {}
+    for i in range(4):
+        label = _liver_case(tumors=1 if i == 0 else 0)
+        if i:
+            label[12, 12, 5] = TUMOR  # a one-voxel speck
+        generated[f"g{i}"] = label
+    result = label_realism(real, generated, (1.0, 1.0, 1.0))
+    any_voxel, sized = [p for p in result["presence"] if p["class"] == "tumor"]
+    assert any_voxel["min_ml"] is None and any_voxel["generated"] == 1.0 and any_voxel["real"] == 0.5
+    assert sized["min_ml"] == pytest.approx(8 * 0.001)
+    assert sized["generated"] == 0.25 and sized["real"] == 0.5
+    assert sized["difference"] == pytest.approx(-0.25)
+    assert sized["difference_low"] < -0.25 < sized["difference_high"]
+
+
+def test_newcombe_interval_against_the_published_example():
+    """Newcombe (1998), Table II example (56/70 against 48/80): difference 0.2000, hybrid score
+    interval 0.0524 to 0.3339."""
+    d = proportion_difference(56, 70, 48, 80)
+    assert d["difference"] == pytest.approx(0.2)
+    assert d["low"] == pytest.approx(0.0524, abs=5e-4) and d["high"] == pytest.approx(0.3339, abs=5e-4)
+
+
+def test_holm_by_hand():
+    # sorted 0.01, 0.02, 0.04 -> 3*0.01, max(0.03, 2*0.02), max(0.04, 1*0.04)
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_features_that_differ_are_rejected_after_correction():
+    real = {f"r{i}": _liver_case(tumors=i % 2) for i in range(12)}
+    same = label_realism(real, dict(real), (1.0, 1.0, 1.0))
+    assert same["features_rejected"] == 0
+    blobs = {f"g{i}": _liver_case(vessel_outside=True, tumors=2, split_liver=True) for i in range(12)}
+    off = label_realism(real, blobs, (1.0, 1.0, 1.0))
+    rows = {r["feature"]: r for r in off["features"]}
+    assert rows["organ_components"]["rejected"] and rows["organ_components"]["p_holm"] < 0.05
+    assert not rows["portal_vein_ml"]["rejected"]  # the same vessel in every label
+    assert off["features_rejected"] == sum(r.get("rejected", False) for r in off["features"]) > 0

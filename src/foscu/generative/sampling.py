@@ -20,7 +20,9 @@ from foscu.config import SampleConfig, Sampler, SchedulerConfig, check_sampler, 
 from foscu.engine import distributed
 from foscu.engine.loop import _mix
 from foscu.errors import InputError
-from foscu.generative import autoencoders, controlnet, diffusion
+from foscu.generative import autoencoders, controlnet, diffusion, label_cleaning
+from foscu.generative.decoding import decode_volume, unit_range
+from foscu.generative.given_labels import Given, read_label_folder
 from foscu.generative.schedulers import sampling_scheduler
 from foscu.runs import RunFolder, write_json_atomic
 
@@ -39,30 +41,6 @@ class LatentModel:
     autoencoder: nn.Module
 
 
-def decode_volume(autoencoder: nn.Module, z: torch.Tensor, patch: list[int] | None = None) -> torch.Tensor:
-    """Latent -> volume; with ``patch``, through MONAI's sliding-window inferer (less memory, seams blended)."""
-    if not patch:
-        return autoencoders.decode(autoencoder, z)
-    from monai.inferers import sliding_window_inference
-
-    def predictor(tile: torch.Tensor) -> torch.Tensor:
-        return autoencoders.decode(autoencoder, tile)
-
-    return sliding_window_inference(  # type: ignore[return-value]  # a tensor predictor gives a tensor
-        z, roi_size=patch, sw_batch_size=1, predictor=predictor, overlap=0.5, mode="gaussian"
-    )
-
-
-def unit_range(images: torch.Tensor) -> torch.Tensor:
-    """(B, C, X, Y, Z) -> each volume min-max scaled to [0, 1], the rule ``foscu prepare`` applies to real ROIs
-    (a constant volume becomes zeros), so every consumer of a sample sees the intensities it was written with."""
-    x = images.float()
-    lo = x.flatten(1).amin(1).view(-1, *[1] * (x.dim() - 1))
-    hi = x.flatten(1).amax(1).view(-1, *[1] * (x.dim() - 1))
-    span = hi - lo
-    return torch.where(span > 1e-12, (x - lo) / span.clamp_min(1e-12), torch.zeros_like(x))
-
-
 @dataclass
 class Pipeline:
     """The networks one ``model`` samples with (the image LDM; for duo also the label LDM and ControlNet) and
@@ -76,6 +54,7 @@ class Pipeline:
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
     labels: dict[str, int] = field(default_factory=dict)
     decode_patch: list[int] | None = None
+    min_tumor_ml: float | None = None  # set: sampled labels are cleaned (generative/label_cleaning.py)
 
 
 def _latent_model(run: RunFolder, ldm: str, device: torch.device) -> tuple[LatentModel, dict[str, Any]]:
@@ -207,6 +186,20 @@ def _sample_latent(
 
 
 @torch.no_grad()
+def sample_labels(
+    pipe: Pipeline, seeds: list[int], sampler: str, steps: int | None
+) -> tuple[torch.Tensor, list[dict] | None]:
+    """Labels (B, X, Y, Z) for per-sample seeds: a label latent, decoded to class logits, their argmax, then
+    cleaned where ``pipe.min_tumor_ml`` is set (with each label's cleaning record; None when not cleaned)."""
+    assert pipe.label is not None
+    z_label = _sample_latent(pipe.label, seeds, 0, sampler, steps)
+    labels = decode_volume(pipe.label.autoencoder, z_label / pipe.label.scale, pipe.decode_patch).argmax(1)
+    if pipe.min_tumor_ml is None:
+        return labels, None
+    return label_cleaning.clean_batch(labels, pipe.spacing, pipe.min_tumor_ml)
+
+
+@torch.no_grad()
 def generate_batch(
     pipe: Pipeline, seeds: list[int], sampler: str, steps: int | None, labels: torch.Tensor | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -217,13 +210,11 @@ def generate_batch(
         z_0 = _sample_latent(pipe.image, seeds, 1, sampler, steps)
         images = decode_volume(pipe.image.autoencoder, z_0 / pipe.image.scale, pipe.decode_patch)
         return unit_range(images)[:, 0].cpu().numpy(), None
-    assert pipe.label is not None
-    # 1. label: sample a label latent, decode to class logits, take the argmax (unless labels are given)
+    # 1. label: sampled (and cleaned, with pipe.min_tumor_ml), unless labels are given
     if labels is None:
-        z_label = _sample_latent(pipe.label, seeds, 0, sampler, steps)
-        logits = decode_volume(pipe.label.autoencoder, z_label / pipe.label.scale, pipe.decode_patch)
-        labels = logits.argmax(1)
+        labels, _ = sample_labels(pipe, seeds, sampler, steps)
     labels = labels.to(device)
+    assert pipe.label is not None
     # 2. condition: re-encode the discrete label (label_latent) or use it as it is
     label_latent = None
     if pipe.condition == "label_latent":
@@ -236,28 +227,6 @@ def generate_batch(
     z_image = _sample_latent(pipe.image, seeds, 1, sampler, steps, pipe.controlnet, cond)
     images = decode_volume(pipe.image.autoencoder, z_image / pipe.image.scale, pipe.decode_patch)
     return unit_range(images)[:, 0].cpu().numpy(), labels.cpu().numpy().astype(np.uint8)
-
-
-Given = list[tuple[str, np.ndarray, np.ndarray]]  # mask-to-image: (case id, label, affine) per case
-
-
-def read_label_folder(folder: Path, pipe: Pipeline) -> Given:
-    """Label volumes for mask-to-image: (case id, label, affine), checked against the run's grid and label map."""
-    from foscu.data.layout import case_files
-    from foscu.data.nifti import read_nifti
-
-    out = []
-    for case_id, path in case_files(folder, "labels").items():
-        volume = read_nifti(path, label=True)
-        if tuple(volume.array.shape) != tuple(pipe.roi):
-            raise InputError(
-                path, f"label shape {volume.array.shape} differs from the run's ROI {tuple(pipe.roi)}"
-            )
-        bad = set(np.unique(volume.array).tolist()) - set(pipe.labels.values())
-        if bad:
-            raise InputError(path, f"label values {sorted(bad)} are not in the label map {pipe.labels}")
-        out.append((case_id, volume.array, volume.affine))
-    return out
 
 
 def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
@@ -278,6 +247,14 @@ def _sample_settings(
     if batch_size < 1:
         raise InputError("--batch-size", f"must be >= 1, got {batch_size}")
     return checked, steps, batch_size, defaults.decode_patch
+
+
+def _min_tumor_ml(run: RunFolder, model: str, given: bool) -> float | None:
+    """``sample.min_tumor_ml`` where the run's config cleans sampled labels (``sample.clean_labels``)."""
+    if model != "duo" or given or not run.run_config.is_file():
+        return None
+    sample = load_config(str(run.run_config)).sample
+    return sample.min_tumor_ml if sample.clean_labels else None
 
 
 def _checked_pipeline(
@@ -315,19 +292,23 @@ def _write_cases(
     batch_size: int,
     given: Given | None,
     progress: str | None,
-) -> None:
+) -> dict[str, dict]:
     """Sample ``cases`` batch by batch into ``folder`` (nnU-Net layout); ``progress``: the progress bar's
-    title (None: no bar)."""
+    title (None: no bar). Returns each cleaned label's record (none when labels are not cleaned)."""
     from foscu.data.layout import image_path, label_path
     from foscu.data.nifti import write_nifti
     from foscu.engine.tracking import progress_bar
 
     affine = np.diag([*pipe.spacing, 1.0])
+    cleaning: dict[str, dict] = {}
     with progress_bar(progress or "", len(cases), enabled=progress is not None) as advance:
         for chunk in _batches(cases, batch_size):
             labels = None
             if given is not None:
                 labels = torch.from_numpy(np.stack([given[i][1] for _, i, _ in chunk]).astype(np.int64))
+            elif pipe.label is not None and pipe.min_tumor_ml is not None:
+                labels, records = sample_labels(pipe, [s for _, _, s in chunk], sampler, steps)
+                cleaning.update({case_id: r for (case_id, _, _), r in zip(chunk, records or [], strict=True)})
             images, label_maps = generate_batch(pipe, [s for _, _, s in chunk], sampler, steps, labels)
             for j, (case_id, i, _) in enumerate(chunk):
                 case_affine = given[i][2] if given is not None else affine
@@ -335,6 +316,7 @@ def _write_cases(
                 if label_maps is not None:
                     write_nifti(label_path(folder, case_id), label_maps[j], case_affine, label=True)
             advance(len(chunk))
+    return cleaning
 
 
 def generate(
@@ -364,6 +346,7 @@ def generate(
     )
     pipe, steps_run, given = _checked_pipeline(run_root, model, controlnet_folder, sampler, steps, labels_dir)
     pipe.decode_patch = decode_patch
+    pipe.min_tumor_ml = _min_tumor_ml(RunFolder(run_root), model, given is not None)
     cases = _cases(n, seed, given)
     if out.exists() and any(out.iterdir()):
         raise InputError(out, "output folder exists and is not empty (choose another or remove it)")
@@ -371,10 +354,15 @@ def generate(
     start = time.perf_counter()
     try:
         title = f"sample {model}" if progress and dist.is_main else None
-        _write_cases(pipe, cases[dist.rank :: dist.world_size], tmp, sampler, steps, batch_size, given, title)
+        cleaned = _write_cases(
+            pipe, cases[dist.rank :: dist.world_size], tmp, sampler, steps, batch_size, given, title
+        )
+        label_cleaning.write_rank_records(tmp, dist.rank, cleaned)
         distributed.barrier()
         if dist.is_main:
             write_dataset_json(tmp, f"FOSCU synthetic ({model})", len(cases), labels=pipe.labels)
+            per_case: dict[str, dict] = {c: {"seed": s} for c, _, s in cases}
+            label_cleaning.merge_rank_records(tmp, per_case)
             record = {
                 "model": model,
                 "sampler": sampler,
@@ -386,7 +374,8 @@ def generate(
                 "mask_to_image": given is not None,
                 "seconds": round(time.perf_counter() - start, 2),
                 "world_size": dist.world_size,
-                "cases": {c: {"seed": s} for c, _, s in cases},
+                "cases": per_case,
+                "label_cleaning": pipe.min_tumor_ml and label_cleaning.settings(pipe.min_tumor_ml),
             }
             write_json_atomic(tmp / "samples.json", record)
             tmp.rename(out)
