@@ -137,9 +137,14 @@ def test_percentile_intensity_is_one_scale_in_and_out():
         assert torch.allclose(scaled.decode(z), plain.decode(z) * 0.5)
 
 
-def test_frozen_weights_stay_bit_identical_and_the_image_ldm_trains_on_their_latents(tiny_prepared, tmp_path):
+def test_frozen_weights_stay_bit_identical_and_the_ldm_and_controlnet_train_on_their_latents(
+    tiny_prepared, tmp_path
+):
     weights, _ = _published_weights(tmp_path, ".pt", "unet_state_dict")
     cfg = load_config("tiny", _maisi_overrides(weights=str(weights), freeze=True))
+    # MAISI downsamples twice: the full-resolution conditioning embedding needs three levels
+    controlnet = cfg.controlnet.model_copy(update={"conditioning_embedding_num_channels": [8, 8, 8]})
+    cfg = cfg.model_copy(update={"controlnet": controlnet})
     run = tmp_path / "run"
     result = train_stage("image-vae", cfg, tiny_prepared, run, progress=False)
     assert result.steps == 0 and "val_l1" in result.last
@@ -159,6 +164,8 @@ def test_frozen_weights_stay_bit_identical_and_the_image_ldm_trains_on_their_lat
     cache, meta = read_cache(RunFolder(run).latents("image"))
     assert tuple(cache["training"]["mean"].shape[1:]) == (4, 8, 8, 4) and meta["scale_factor"] > 0
     assert RunFolder(run).is_trained("image-ldm")
+    train_stage("controlnet", cfg, tiny_prepared, run, progress=False)
+    assert yaml.safe_load(RunFolder(run).config("controlnet").read_text())["latent_channels"] == 4
 
 
 def test_fine_tuning_changes_the_loaded_weights(tiny_prepared, tmp_path):
