@@ -74,14 +74,18 @@ class TrainConfig(Section):
     num_workers: int = Field(0, ge=0)
 
 
-def _check_monai_keys(cfg: dict[str, Any], network: str, set_by_foscu: tuple[str, ...]) -> dict[str, Any]:
+def _check_monai_keys(
+    cfg: dict[str, Any], network: str, set_by_foscu: tuple[str, ...], constructor: Any = None
+) -> dict[str, Any]:
     """Keys of a MONAI section must be arguments of the MONAI constructor (checked by its signature), so a
-    typo fails at config load instead of as a traceback after run.json and the latent cache are written."""
+    typo fails at config load instead of as a traceback after run.json and the latent cache are written.
+    ``constructor``: a class outside ``monai.networks.nets`` (default: ``monai.networks.nets.<network>``)."""
     import inspect
 
     import monai.networks.nets as nets
 
-    accepted = set(inspect.signature(getattr(nets, network).__init__).parameters) - {"self"}
+    constructor = constructor or getattr(nets, network)
+    accepted = set(inspect.signature(constructor.__init__).parameters) - {"self"}
     fixed = sorted(set(cfg) & set(set_by_foscu))
     if fixed:
         raise ValueError(f"{', '.join(fixed)}: set by FOSCU from the data, not configurable")
@@ -151,6 +155,15 @@ class ImageAutoencoderStage(AutoencoderStage):
     """image-vae: as the label VAE, with an L1 or L2 image reconstruction term (paper II-B: KL weight 1e-7)."""
 
     reconstruction: Literal["l1", "l2"] = "l1"
+    # maisi: MONAI's AutoencoderKlMaisi from MAISI's published configuration instead of `autoencoder` (which
+    # it leaves unused), `maisi` overriding its constructor arguments (MONAI's names); `weights` a .pt/.pth
+    # state dict or .safetensors (None: from scratch), `freeze` takes no optimizer step, `intensity` how the
+    # images enter the encoder (None: percentile for maisi, MAISI's MR convention). generative/maisi.py.
+    pretrained: Literal["maisi"] | None = None
+    maisi: dict[str, Any] = Field(default_factory=dict)
+    weights: str | None = None
+    freeze: bool = False
+    intensity: Literal["minmax", "percentile"] | None = None
 
     @field_validator("dice_weight")
     @classmethod
@@ -158,6 +171,30 @@ class ImageAutoencoderStage(AutoencoderStage):
         if value:
             raise ValueError("dice_weight applies to the label VAE only (images reconstruct with L1/L2)")
         return value
+
+    @field_validator("maisi")
+    @classmethod
+    def _maisi_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not value:
+            return value
+        from monai.apps.generation.maisi.networks.autoencoderkl_maisi import AutoencoderKlMaisi
+
+        fixed = ("spatial_dims", "in_channels", "out_channels")
+        return _check_monai_keys(value, "AutoencoderKlMaisi", fixed, AutoencoderKlMaisi)
+
+    @model_validator(mode="after")
+    def _pretrained_settings(self) -> ImageAutoencoderStage:
+        if self.pretrained is None:
+            given = [k for k in ("maisi", "weights", "freeze") if getattr(self, k)]
+            given += ["intensity: percentile"] if self.intensity == "percentile" else []
+            if given:
+                raise ValueError(f"{', '.join(given)}: set only with pretrained: maisi")
+            self.intensity = "minmax"
+        elif self.intensity is None:
+            self.intensity = "percentile"
+        if self.freeze and self.weights is None:
+            raise ValueError("freeze: a frozen autoencoder needs weights (set weights: PATH)")
+        return self
 
 
 class VQVAEStage(GenerativeStage):

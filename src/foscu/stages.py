@@ -24,7 +24,7 @@ from foscu.config import FoscuConfig, dump_config, provenance
 from foscu.context import StageContext
 from foscu.data.loaders import load_split
 from foscu.data.prepare import PreparedSet, read_prepared
-from foscu.engine import distributed
+from foscu.engine import distributed, frozen
 from foscu.engine.checkpoint import load_weights
 from foscu.engine.loop import FitResult, Recipe, fit
 from foscu.errors import InputError
@@ -287,6 +287,8 @@ def train_stage(
             write_json_atomic(run.identity, identity)
         write_text_atomic(run.run_config, dump_config(cfg))
         write_text_atomic(run.config(folder), yaml.safe_dump(info, sort_keys=False))
+    if not recipe.trainable:  # a frozen pretrained network: validated and written, no optimizer step
+        return frozen.deliver(run.stage(folder), recipe)
     return fit(
         run.stage(folder),
         recipe,

@@ -116,7 +116,12 @@ def build(info: dict[str, Any]) -> dict[str, nn.Module]:
     """Rebuild a VAE from its stage's config.yaml: one channel is the image VAE, one per class the label VAE."""
     section = dict(info["section"])
     if info["channels"] == 1:
-        return build_autoencoder(ImageAutoencoderStage.model_validate(section), 1)
+        image_stage = ImageAutoencoderStage.model_validate(section)
+        if image_stage.pretrained == "maisi":  # weights come from the stage's own model.safetensors
+            from foscu.generative.maisi import build_maisi
+
+            return build_maisi(image_stage, info["intensity_scale"])
+        return build_autoencoder(image_stage, 1)
     section.pop("reconstruction", None)  # older label-vae folders recorded it; it never took effect
     return build_autoencoder(AutoencoderStage.model_validate(section), info["channels"])
 
@@ -195,8 +200,16 @@ class ReconstructionScore:
         return {"val_dice" if self.data == "label" else "val_l1": total / len(self.val)}
 
 
-def _recipe(ctx: StageContext, nets: dict[str, nn.Module], loss_fn: Any, data: str) -> Recipe:
-    """What every autoencoder stage hands the engine, given its networks and loss."""
+def _recipe(
+    ctx: StageContext,
+    nets: dict[str, nn.Module],
+    loss_fn: Any,
+    data: str,
+    recorded: dict[str, Any] | None = None,
+    trainable: tuple[str, ...] = ("autoencoder",),
+) -> Recipe:
+    """What every autoencoder stage hands the engine, given its networks, loss, what its config.yaml records
+    beyond the latent shape and what trains (nothing: a frozen pretrained autoencoder)."""
     labels = ctx.prepared.labels
     channels = len(labels) if data == "label" else 1
     shape = latent_shape(nets["autoencoder"], channels, ctx.prepared.roi)
@@ -206,17 +219,24 @@ def _recipe(ctx: StageContext, nets: dict[str, nn.Module], loss_fn: Any, data: s
         "latent_channels": shape[0],
         "latent_shape": list(shape[1:]),
         "downsamples": downsamples,
+        **(recorded or {}),
     }
     validation = load_split(ctx.prepared, "validation")
     train_set = VolumeSet(load_split(ctx.prepared, "training"), len(labels), _patch(ctx, downsamples))
     validate = ReconstructionScore(validation, data, labels, ctx.device)
-    return Recipe(nets, loss_fn, train_set, ["autoencoder"], validate, info=info)
+    return Recipe(nets, loss_fn, train_set, list(trainable), validate, info=info)
 
 
 def recipe(ctx: StageContext, data: str) -> Recipe:
     """label-vae (``data="label"``: one-hot in, class logits out, cross-entropy + Dice) or image-vae (L1/L2)."""
     section = ctx.section
-    nets = build_autoencoder(section, len(ctx.prepared.labels) if data == "label" else 1)
+    recorded: dict[str, Any] = {}
+    if data == "image" and section.pretrained == "maisi":  # generative/maisi.py
+        from foscu.generative.maisi import pretrained_nets
+
+        nets, recorded = pretrained_nets(section, load_split(ctx.prepared, "training").images)
+    else:
+        nets = build_autoencoder(section, len(ctx.prepared.labels) if data == "label" else 1)
     loss_fn = partial(
         autoencoder_loss,
         key="label_onehot" if data == "label" else "image",
@@ -224,7 +244,8 @@ def recipe(ctx: StageContext, data: str) -> Recipe:
         kl_weight=section.kl_weight,
         dice_weight=section.dice_weight,
     )
-    return _recipe(ctx, nets, loss_fn, data)
+    frozen = data == "image" and section.freeze
+    return _recipe(ctx, nets, loss_fn, data, recorded, () if frozen else ("autoencoder",))
 
 
 def vqvae_recipe(ctx: StageContext) -> Recipe:
