@@ -19,11 +19,13 @@ runner = CliRunner()
 
 def test_every_command_is_listed():
     commands = ["phantom", "prepare", "view", "convert", "import", "train", "sample", "experiment", "report"]
-    commands += ["demo", "seg", "evaluate"]
+    commands += ["demo", "seg", "evaluate", "export"]
     top = runner.invoke(app, ["--help"])
     assert top.exit_code == 0 and all(f" {name} " in top.output for name in commands), top.output
     assert all(f" {name} " in runner.invoke(app, ["seg", "--help"]).output for name in ("train", "predict"))
     assert all(f" {name} " in runner.invoke(app, ["evaluate", "--help"]).output for name in ("fid", "seg"))
+    export = runner.invoke(app, ["export", "--help"]).output
+    assert all(f" {name} " in export for name in ("generator", "nnunet"))
 
 
 def test_python_m_foscu_answers_help_without_loading_torch():

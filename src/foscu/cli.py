@@ -12,6 +12,7 @@ from typing import Annotated, ParamSpec
 
 import typer
 
+from foscu import cli_export
 from foscu.errors import InputError
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ seg_app = typer.Typer(no_args_is_help=True, help="3D U-Net segmentation: train a
 evaluate_app = typer.Typer(no_args_is_help=True, help="Evaluate: segmentation Dice/HD95, 2.5D FID.")
 app.add_typer(seg_app, name="seg")
 app.add_typer(evaluate_app, name="evaluate")
+app.add_typer(cli_export.export_app, name="export")
 
 
 @app.callback()
@@ -52,6 +54,10 @@ def _command(group: typer.Typer, name: str | None = None) -> Callable[[Callable[
         return run
 
     return register
+
+
+_command(cli_export.export_app, "generator")(cli_export.generator)
+_command(cli_export.export_app, "nnunet")(cli_export.nnunet)
 
 
 @_command(app)
@@ -309,8 +315,11 @@ def train(
 
 @_command(app)
 def sample(
-    run: Annotated[Path, typer.Option("--run", "--run-folder", help="run folder with trained stages")],
     out: Annotated[Path, typer.Option("--out", help="output folder (nnU-Net layout)")],
+    run: Annotated[Path | None, typer.Option("--run", "--run-folder", help="run with trained stages")] = None,
+    generator: Annotated[
+        Path | None, typer.Option("--generator", help="exported generator (instead of --run)")
+    ] = None,
     n: Annotated[int, typer.Option("--n", "--num-samples", min=1, help="number of pairs")] = 4,
     sampler: Annotated[
         str | None, typer.Option("--sampler", help="ddpm | ddim | rflow (default: config)")
@@ -329,9 +338,11 @@ def sample(
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
 ) -> None:
     """Generate synthetic (image, label) pairs: label LDM, then image LDM under ControlNet."""
+    from foscu.export.generator import sampling_source
     from foscu.generative.sampling import generate
 
-    generate(run, n, out, sampler, steps, seed, labels, model, controlnet, batch_size)
+    source = sampling_source(run, generator)
+    generate(source, n, out, sampler, steps, seed, labels, model, controlnet, batch_size)
     typer.echo(f"wrote {out}", err=True)
 
 

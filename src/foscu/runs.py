@@ -91,16 +91,16 @@ class RunFolder:
         return self.root / name
 
     def config(self, name: str) -> Path:
-        return self.root / name / CONFIG
+        return self.stage(name) / CONFIG
 
     def model(self, name: str) -> Path:
-        return self.root / name / MODEL
+        return self.stage(name) / MODEL
 
     def state(self, name: str) -> Path:
-        return self.root / name / STATE
+        return self.stage(name) / STATE
 
     def metrics(self, name: str) -> Path:
-        return self.root / name / METRICS
+        return self.stage(name) / METRICS
 
     def is_trained(self, name: str) -> bool:
         """A stage is done when its training finished (metrics.json) and its model file exists."""
@@ -163,3 +163,11 @@ class RunFolder:
     @property
     def report_md(self) -> Path:
         return self.root / "report.md"
+
+
+RunPath = Path | RunFolder  # a run folder by its path, or as a RunFolder (an export's GeneratorFolder)
+
+
+def as_run(root: str | RunPath) -> RunFolder:
+    """``root`` as a RunFolder; one given (an exported generator's ``GeneratorFolder``) stays as it is."""
+    return root if isinstance(root, RunFolder) else RunFolder(root)

@@ -24,7 +24,7 @@ from foscu.generative import autoencoders, controlnet, diffusion, label_cleaning
 from foscu.generative.decoding import decode_volume, unit_range
 from foscu.generative.given_labels import Given, read_label_folder
 from foscu.generative.schedulers import sampling_scheduler
-from foscu.runs import RunFolder, write_json_atomic
+from foscu.runs import RunFolder, RunPath, as_run, write_json_atomic
 
 MODELS = ("duo", "image-ldm", "vqvae-ldm")
 
@@ -74,13 +74,13 @@ def _latent_model(run: RunFolder, ldm: str, device: torch.device) -> tuple[Laten
     return model, info
 
 
-def load_pipeline(run_root: Path, model: str = "duo", controlnet_folder: str = "controlnet") -> Pipeline:
+def load_pipeline(run_root: RunPath, model: str = "duo", controlnet_folder: str = "controlnet") -> Pipeline:
     """Every network ``model`` needs, from the run's stage folders (their own config.yaml + weights)."""
     from foscu.stages import load_stage
 
     if model not in MODELS:
         raise InputError("--model", f"unknown model {model!r}; choose from {', '.join(MODELS)}")
-    run, device = RunFolder(run_root), distributed.current().device
+    run, device = as_run(run_root), distributed.current().device
     ldm = "vqvae-ldm" if model == "vqvae-ldm" else "image-ldm"
     image, info = _latent_model(run, ldm, device)
     pipe = Pipeline(image, roi=tuple(info["roi"]), spacing=tuple(info["spacing"]), labels=info["labels"])
@@ -258,11 +258,11 @@ def _min_tumor_ml(run: RunFolder, model: str, given: bool) -> float | None:
 
 
 def _checked_pipeline(
-    root: Path, model: str, controlnet_folder: str, sampler: Sampler, steps: int | None, labels: Path | None
+    run: RunPath, model: str, controlnet_folder: str, sampler: Sampler, steps: int | None, labels: Path | None
 ) -> tuple[Pipeline, int, Given | None]:
     """The networks, the step count they will run and the given label volumes (mask-to-image); a step count
     an LDM cannot sample with, or labels that do not fit, are refused here, before anything is written."""
-    pipe = load_pipeline(root, model, controlnet_folder)
+    pipe = load_pipeline(run, model, controlnet_folder)
     steps_run = sampler_steps(pipe.image.scheduler, sampler, steps)
     if pipe.label is not None:
         sampler_steps(pipe.label.scheduler, sampler, steps)
@@ -320,7 +320,7 @@ def _write_cases(
 
 
 def generate(
-    run_root: Path,
+    run_root: RunPath,
     n: int,
     out: Path,
     sampler: str | None = None,
@@ -339,12 +339,10 @@ def generate(
     """
     from foscu.data.layout import write_dataset_json
 
-    run_root, out = Path(run_root), Path(out)
+    run, out = as_run(run_root), Path(out)
     dist = distributed.setup()
-    sampler, steps, batch_size, decode_patch = _sample_settings(
-        RunFolder(run_root), sampler, steps, batch_size
-    )
-    pipe, steps_run, given = _checked_pipeline(run_root, model, controlnet_folder, sampler, steps, labels_dir)
+    sampler, steps, batch_size, decode_patch = _sample_settings(run, sampler, steps, batch_size)
+    pipe, steps_run, given = _checked_pipeline(run, model, controlnet_folder, sampler, steps, labels_dir)
     pipe.decode_patch = decode_patch
     pipe.min_tumor_ml = _min_tumor_ml(RunFolder(run_root), model, given is not None)
     cases = _cases(n, seed, given)
@@ -368,7 +366,7 @@ def generate(
                 "sampler": sampler,
                 "steps": steps_run,
                 "seed": seed,
-                "run": str(run_root),
+                "run": str(run.root),
                 "controlnet": controlnet_folder if model == "duo" else None,
                 "condition": pipe.condition,
                 "mask_to_image": given is not None,
