@@ -79,7 +79,9 @@ def test_over_budget_is_a_failure(gpu_check, tmp_path, capsys):
 
 
 def test_levers_print_a_ratio_against_their_base(gpu_check, tmp_path, capsys):
-    assert gpu_check.main(["--cpu-dry", "--levers", "--work", str(tmp_path / "work"), "--budget-s", "600"]) == 0
+    assert (
+        gpu_check.main(["--cpu-dry", "--levers", "--work", str(tmp_path / "work"), "--budget-s", "600"]) == 0
+    )
     levers = [line for line in _lines(capsys) if line["check"] == "lever"]
     *levers, bf16 = levers
     assert bf16["lever"] == "sample bf16 autocast" and bf16["seconds_per_pair"] > 0

@@ -344,7 +344,7 @@ def generate(
     sampler, steps, batch_size, decode_patch = _sample_settings(run, sampler, steps, batch_size)
     pipe, steps_run, given = _checked_pipeline(run, model, controlnet_folder, sampler, steps, labels_dir)
     pipe.decode_patch = decode_patch
-    pipe.min_tumor_ml = _min_tumor_ml(RunFolder(run_root), model, given is not None)
+    pipe.min_tumor_ml = _min_tumor_ml(as_run(run_root), model, given is not None)
     cases = _cases(n, seed, given)
     if out.exists() and any(out.iterdir()):
         raise InputError(out, "output folder exists and is not empty (choose another or remove it)")
