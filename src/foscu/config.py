@@ -72,6 +72,19 @@ class TrainConfig(Section):
         "monitored score, checked at each validation (segmentation only)",
     )
     num_workers: int = Field(0, ge=0)
+    # learning-rate schedule (engine/schedule.py): warm-up from lr / warmup_steps to lr over the first
+    # warmup_steps steps, then constant, or half a cosine down to min_lr_ratio x lr at the last step
+    warmup_steps: int = Field(0, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine: the last step's lr over lr")
+
+    @model_validator(mode="after")
+    def _schedule_is_used(self) -> TrainConfig:
+        if self.lr_schedule == "constant" and self.min_lr_ratio:
+            raise ValueError("min_lr_ratio: a constant lr_schedule does not decay (set lr_schedule: cosine)")
+        if self.epochs is None and self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps: {self.warmup_steps} >= steps {self.steps} leaves no training")
+        return self
 
 
 def _check_monai_keys(cfg: dict[str, Any], network: str, set_by_foscu: tuple[str, ...]) -> dict[str, Any]:
