@@ -69,7 +69,7 @@ class TrainConfig(Section):
         None,
         ge=1,
         description="early stopping: epochs (passes over the training split) without improvement of the "
-        "monitored score, checked at each validation (segmentation only)",
+        "monitored score, checked at each validation (a generative stage needs keep_best: true)",
     )
     num_workers: int = Field(0, ge=0)
     # learning-rate schedule (engine/schedule.py): warm-up from lr / warmup_steps to lr over the first
@@ -118,14 +118,19 @@ def _without_adversarial(data: Any) -> Any:
 
 
 class GenerativeStage(Section):
-    """A generative stage trains for ``train.steps``/``train.epochs`` and keeps its last (EMA) weights."""
+    """A generative stage trains for ``train.steps``/``train.epochs`` and keeps its last (EMA) weights, or
+    with ``keep_best`` the (EMA) weights of its best validation score; ``train.patience`` then stops it early."""
+
+    # the score: val_loss (LDMs, ControlNet), val_l1 (image VAE, VQ-VAE), val_dice (label VAE, the higher)
+    keep_best: bool = False
 
     @model_validator(mode="after")
-    def _no_early_stopping(self) -> GenerativeStage:
+    def _early_stopping_keeps_the_best(self) -> GenerativeStage:
         train = getattr(self, "train", None)
-        if train is not None and train.patience is not None:
+        if train is not None and train.patience is not None and not self.keep_best:
             raise ValueError(
-                "train.patience: generative stages do not stop early (no monitored score); remove it"
+                "train.patience: early stopping watches the validation score and keeps the best weights; "
+                "set keep_best: true with it"
             )
         return self
 

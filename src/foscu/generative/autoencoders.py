@@ -243,7 +243,8 @@ def _recipe(ctx: StageContext, nets: dict[str, nn.Module], loss_fn: Any, data: s
     validation = load_split(ctx.prepared, "validation")
     train_set = VolumeSet(load_split(ctx.prepared, "training"), len(labels), _patch(ctx, downsamples))
     validate = ReconstructionScore(validation, data, labels, ctx.device)
-    return Recipe(nets, loss_fn, train_set, ["autoencoder"], validate, info=info)
+    best = ctx.best_by("val_dice", "max") if data == "label" else ctx.best_by("val_l1")
+    return Recipe(nets, loss_fn, train_set, ["autoencoder"], validate, info=info, **best)
 
 
 def recipe(ctx: StageContext, data: str) -> Recipe:
