@@ -94,7 +94,7 @@ def figure_training_curves(run: Path) -> bytes | None:
         return None
     cols = 4
     rows_n = math.ceil(len(logs) / cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(4 * cols, 3.2 * rows_n), squeeze=False)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4 * cols, 4.0 * rows_n), squeeze=False)
     for ax, log in zip(axes.ravel(), logs, strict=False):
         records = [r for r in _read_jsonl(log) if "step" in r]
         _curve(ax, records, "loss")
@@ -102,10 +102,11 @@ def figure_training_curves(run: Path) -> bytes | None:
         scores = sorted({k for r in records for k in r if k.startswith("val_") and k != "val_loss"})
         if scores:
             right = ax.twinx()
-            for key in scores:
-                _curve(right, records, key, marker=".", ms=3, ls="--", lw=0.8)
+            for i, key in enumerate(scores):
+                ls = ":" if key.startswith("val_l1") else "--"
+                _curve(right, records, key, marker=".", ms=3, ls=ls, lw=0.9, color=f"C{(i + 2) % 10}")
             right.tick_params(labelsize=6)
-            right.legend(fontsize=5, loc="upper right", ncol=2)
+            right.legend(fontsize=5, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
         ax.set_title(str(log.parent.relative_to(run)), fontsize=8)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
