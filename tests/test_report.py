@@ -116,3 +116,29 @@ def test_the_summary_says_when_samples_are_near_copies(tmp_path, tiny_phantom):
     audit["near_copies"] = 0
     (run / "evaluation" / "memorization.json").write_text(json.dumps(audit))
     assert "near copies" not in " ".join(evidence_summary(run, {}))
+
+
+def test_the_training_curves_show_every_validation_key(tmp_path, monkeypatch):
+    import foscu.report as report
+
+    logs = {
+        "image-vae": {"loss": 0.1, "val_l1": 0.05, "val_contrast_portal_vein": 0.4, "val_l1_tumor": 0.2},
+        "seg/unet-multiclass-real": {"loss": 0.5, "val_dice": 0.6, "val_dice_liver": 0.9, "lr": 1e-3},
+        "label-ldm": {"loss": 0.3, "val_loss": 0.4},
+    }
+    for stage, record in logs.items():
+        (tmp_path / stage).mkdir(parents=True)
+        lines = [json.dumps({"step": s, **record}) for s in (1, 2)]
+        (tmp_path / stage / "metrics.jsonl").write_text("\n".join(lines))
+    shown: set[str] = set()
+
+    def legends(fig):
+        for ax in fig.axes:
+            if ax.get_legend() is not None:
+                shown.update(t.get_text() for t in ax.get_legend().get_texts())
+        return b"png"
+
+    monkeypatch.setattr(report, "png_bytes", legends)
+    assert report.figure_training_curves(tmp_path) == b"png"
+    expected = {k for record in logs.values() for k in record if k.startswith("val_") or k == "loss"}
+    assert shown == expected  # every val_* key and the training loss; lr and the rest stay off

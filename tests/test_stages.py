@@ -229,3 +229,84 @@ def test_retraining_a_finished_stage_needs_resume(tiny_run, tiny_prepared, tmp_p
     )
     assert result.exit_code == 0, result.output
     assert json.loads((run / "image-vae" / "metrics.json").read_text())["steps"] == 6
+
+
+@pytest.mark.parametrize(
+    "name, score, mode",
+    [
+        ("label-vae", "val_dice", "max"),
+        ("image-vae", "val_l1", "min"),
+        ("vqvae", "val_l1", "min"),
+        ("label-ldm", "val_loss", "min"),
+        ("image-ldm", "val_loss", "min"),
+        ("vqvae-ldm", "val_loss", "min"),
+        ("controlnet", "val_loss", "min"),
+    ],
+)
+def test_a_generative_stage_monitors_its_validation_score_only_with_keep_best(
+    tiny_run, tiny_prepared, name, score, mode
+):
+    import torch
+
+    from foscu.data.prepare import read_prepared
+    from foscu.stages import stage_context
+
+    section = spec_for(name).section
+    for keep in (False, True):
+        cfg = load_config("tiny", [f"{section}.keep_best={str(keep).lower()}"])
+        prepared = read_prepared(tiny_prepared)
+        ctx = stage_context(name, cfg, prepared, RunFolder(tiny_run), torch.device("cpu"), 0)
+        recipe = spec_for(name).recipe(ctx)
+        assert (recipe.monitor, recipe.mode) == ((score, mode) if keep else (None, "min")), (name, keep)
+
+
+def test_a_generative_stage_keeps_its_best_validation_weights_and_stops_early(
+    tiny_run, tiny_prepared, tmp_path
+):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    shutil.rmtree(run / "label-ldm")
+    budget = [
+        "label_ldm.train.steps=30",
+        "label_ldm.train.val_every=1",
+        "label_ldm.train.checkpoint_every=30",
+    ]
+    with pytest.raises(InputError, match="keep_best"):  # stopping early without keeping the best: refused
+        load_config("tiny", [*budget, "label_ldm.train.patience=2"])
+    # an lr far below float32's resolution leaves the weights, so the fixed-noise val_loss, unchanged: the
+    # first validation stays the best, and 2 epochs of one step (3 cases in batches of 2) later it stops
+    frozen = ["label_ldm.keep_best=true", "label_ldm.train.patience=2", "label_ldm.train.lr=1e-30"]
+    result = train_stage(
+        "label-ldm", load_config("tiny", [*budget, *frozen]), tiny_prepared, run, progress=False
+    )
+    log = [json.loads(line) for line in (run / "label-ldm" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3] and len({r["val_loss"] for r in log}) == 1
+    assert result.stopped_early and result.steps == 3 and result.best == {"val_loss": log[0]["val_loss"]}
+    assert read_weights(run / "label-ldm" / "model.safetensors")[1]["step"] == 1  # the best, not the last
+    # a stage that improves keeps the weights of its lowest val_loss
+    shutil.rmtree(run / "label-ldm")
+    cfg = load_config("tiny", [*budget[1:], "label_ldm.train.steps=6", "label_ldm.keep_best=true"])
+    result = train_stage("label-ldm", cfg, tiny_prepared, run, progress=False)
+    log = [json.loads(line) for line in (run / "label-ldm" / "metrics.jsonl").read_text().splitlines()]
+    best = min(log, key=lambda r: r["val_loss"])
+    assert result.best == {"val_loss": best["val_loss"]} and not result.stopped_early
+    assert read_weights(run / "label-ldm" / "model.safetensors")[1]["step"] == best["step"]
+
+
+def test_a_folder_recorded_before_the_schedule_and_keep_best_keys_still_resumes(tmp_path):
+    from foscu.stages import check_resume
+
+    run = RunFolder(tmp_path / "run")
+    section = load_config("tiny").image_vae.model_dump(mode="json")
+    old = {k: v for k, v in section.items() if k not in ("keep_best", "structure_weight")}
+    old["train"] = {k: v for k, v in section["train"].items() if k not in ("warmup_steps", "lr_schedule")}
+    run.stage("image-vae").mkdir(parents=True)
+    run.state("image-vae").write_bytes(b"state")
+    run.config("image-vae").write_text(yaml.safe_dump({"stage": "image-vae", "section": old}))
+    check_resume(run, "image-vae", section, resume=True)  # the new keys at the values of before: resumes
+    for key, value in (("keep_best", True), ("structure_weight", 10.0)):
+        with pytest.raises(InputError, match="differs"):
+            check_resume(run, "image-vae", {**section, key: value}, resume=True)
+    warm = {**section, "train": {**section["train"], "warmup_steps": 2}}
+    with pytest.raises(InputError, match="differs"):
+        check_resume(run, "image-vae", warm, resume=True)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from foscu.errors import InputError
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -45,3 +47,15 @@ class StageContext:
     @property
     def section(self) -> Any:
         return getattr(self.cfg, self.section_name)
+
+    def best_by(self, score: str, mode: str = "min") -> dict[str, Any]:
+        """A generative recipe's ``monitor``/``mode``: its validation ``score`` where the section sets
+        ``keep_best`` (the engine then keeps the best weights and may stop early), else none (the last)."""
+        if not getattr(self.section, "keep_best", False):
+            return {}
+        if not self.prepared.datalist.get("validation"):
+            raise InputError(
+                f"{self.section_name}.keep_best",
+                f"{self.prepared.root} has no validation cases to pick the best weights by",
+            )
+        return {"monitor": score, "mode": mode}

@@ -74,8 +74,16 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def _curve(ax: Any, records: list[dict], key: str, **style: Any) -> None:
+    pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+    if pts:
+        steps, values = zip(*pts, strict=False)
+        ax.plot(steps, values, label=key, **style)
+
+
 def figure_training_curves(run: Path) -> bytes | None:
-    """Training (and validation) loss per stage from ``RUN/**/metrics.jsonl``."""
+    """Per stage from ``RUN/**/metrics.jsonl``: training and validation loss (left axis) and every other
+    ``val_*`` score the stage logs (right axis: Dice, L1, contrast kept per structure, ...)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,18 +94,23 @@ def figure_training_curves(run: Path) -> bytes | None:
         return None
     cols = 4
     rows_n = math.ceil(len(logs) / cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(4 * cols, 2.8 * rows_n), squeeze=False)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4 * cols, 4.0 * rows_n), squeeze=False)
     for ax, log in zip(axes.ravel(), logs, strict=False):
         records = [r for r in _read_jsonl(log) if "step" in r]
-        for key in ("loss", "val_loss", "val_dice"):
-            pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
-            if pts:
-                steps, values = zip(*pts, strict=False)
-                ax.plot(steps, values, label=key, marker="o" if key.startswith("val") else None, ms=3)
+        _curve(ax, records, "loss")
+        _curve(ax, records, "val_loss", marker="o", ms=3)
+        scores = sorted({k for r in records for k in r if k.startswith("val_") and k != "val_loss"})
+        if scores:
+            right = ax.twinx()
+            for i, key in enumerate(scores):
+                ls = ":" if key.startswith("val_l1") else "--"
+                _curve(right, records, key, marker=".", ms=3, ls=ls, lw=0.9, color=f"C{(i + 2) % 10}")
+            right.tick_params(labelsize=6)
+            right.legend(fontsize=5, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
         ax.set_title(str(log.parent.relative_to(run)), fontsize=8)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left")
     for ax in axes.ravel()[len(logs) :]:
         ax.axis("off")
     fig.tight_layout()

@@ -205,10 +205,21 @@ def check_prerequisites(run: RunFolder, name: str, cfg: FoscuConfig) -> None:
 BUDGET = ("steps", "epochs")  # train settings a resume may change: it may train longer, nothing else
 
 
+# keys added after stage folders were first recorded, at the values that keep the behaviour of before: a
+# folder recorded without them resumes under a config that leaves them so
+ADDED: dict[str, Any] = {
+    "keep_best": False,
+    "structure_weight": 0.0,
+    **{"pretrained": None, "maisi": {}, "weights": None, "freeze": False, "intensity": None},  # MAISI
+}
+ADDED_TRAIN = {"warmup_steps": 0, "lr_schedule": "constant", "min_lr_ratio": 0.0}
+
+
 def _settings(section: dict[str, Any]) -> dict[str, Any]:
-    """A stage's section without the training length (``train.steps``/``train.epochs``)."""
-    train = {k: v for k, v in section.get("train", {}).items() if k not in BUDGET}
-    return {**section, "train": train}
+    """A stage's section without the training length (``train.steps``/``train.epochs``), keys added since
+    at their old-behaviour values where the section lacks them."""
+    train = {k: v for k, v in {**ADDED_TRAIN, **section.get("train", {})}.items() if k not in BUDGET}
+    return {**ADDED, **section, "train": train}
 
 
 def check_resume(run: RunFolder, folder: str, section: dict[str, Any], resume: bool) -> None:

@@ -63,3 +63,78 @@ def test_the_latent_shape_without_encoding_equals_the_encoded_one(preset, roi):
         with torch.no_grad():
             encoded = tuple(encode(vae.eval(), torch.zeros(1, channels, *roi))[0].shape[1:])
         assert latent_shape(vae, channels, roi) == encoded, (preset, roi, type(vae).__name__)
+
+
+def test_structure_weighted_reconstruction_by_hand():
+    from foscu.generative.autoencoders import reconstruction_error, structure_weights
+    from foscu.labels import LIVER, PORTAL_VEIN, TUMOR
+
+    onehot = torch.zeros(1, 5, 2, 2, 2)
+    onehot[:, LIVER] = 1
+    onehot[0, LIVER, 0, 0, 0], onehot[0, PORTAL_VEIN, 0, 0, 0] = 0, 1  # one vein voxel of 8
+    onehot[0, LIVER, 1, 1, 1], onehot[0, TUMOR, 1, 1, 1] = 0, 1  # one tumor voxel
+    weights = structure_weights(onehot, 10.0)
+    assert weights.shape == (1, 1, 2, 2, 2) and float(weights.sum()) == 6 + 2 * 11
+    target, recon = torch.zeros(1, 1, 2, 2, 2), torch.zeros(1, 1, 2, 2, 2)
+    recon[0, 0, 0, 0, 0] = 0.5  # error on the vein voxel only: 11 x 0.5 of a weight of 28
+    assert float(reconstruction_error(recon, target, "l1", voxel_weights=weights)) == pytest.approx(5.5 / 28)
+    assert float(reconstruction_error(recon, target, "l2", voxel_weights=weights)) == pytest.approx(2.75 / 28)
+    assert float(reconstruction_error(recon, target, "l1")) == pytest.approx(0.5 / 8)  # unweighted
+    liver_only = structure_weights(onehot[:, :2], 10.0)  # a liver-only label map holds no structure
+    assert torch.equal(liver_only, torch.ones_like(liver_only))
+
+
+def test_structure_weight_zero_is_the_plain_loss_and_a_weight_moves_the_loss():
+    from foscu.generative.autoencoders import autoencoder_loss, build_autoencoder
+
+    cfg = load_config("tiny")
+    torch.manual_seed(0)
+    nets = build_autoencoder(cfg.image_vae, 1)
+    image = torch.rand(2, 1, 16, 16, 8)
+    label = (image > 0.8).long()[:, 0] * 2  # "vessel" where bright, background elsewhere
+    onehot = torch.nn.functional.one_hot(label, 5).permute(0, 4, 1, 2, 3).float()
+    batch = {"image": image, "label_onehot": onehot}
+    kw = {"key": "image", "kind": "l1", "kl_weight": 0.0}
+
+    def reconstruction(weight: float | None) -> torch.Tensor:
+        torch.manual_seed(1)  # the VAE samples its latent
+        if weight is None:
+            return torch.nn.functional.l1_loss(nets["autoencoder"](image)[0], image)
+        return autoencoder_loss(nets, batch, **kw, structure_weight=weight)["reconstruction"]
+
+    assert torch.equal(reconstruction(0.0), reconstruction(None))  # bit for bit the loss of before
+    assert not torch.isclose(reconstruction(10.0), reconstruction(0.0))
+
+
+def test_structure_weight_is_the_image_vaes_and_refused_where_it_would_do_nothing(tmp_path, tiny_phantom):
+    from foscu.data.prepare import prepare_dataset
+    from foscu.errors import InputError
+    from foscu.stages import train_stage
+
+    assert load_config("tiny", ["image_vae.structure_weight=10"]).image_vae.structure_weight == 10
+    with pytest.raises(InputError, match="structure_weight"):
+        load_config("tiny", ["label_vae.structure_weight=10"])
+    with pytest.raises(InputError, match="structure_weight"):
+        load_config("tiny", ["image_vae.structure_weight=-1"])
+    liver_only = tmp_path / "liver-only"
+    prepare_dataset(tiny_phantom, liver_only, roi=(32, 32, 16), labels="binary", progress=False)
+    with pytest.raises(InputError, match="liver-only"):
+        cfg = load_config("tiny", ["image_vae.structure_weight=10"])
+        train_stage("image-vae", cfg, liver_only, tmp_path / "run", progress=False)
+
+
+def test_image_vae_validation_logs_the_per_structure_scores(tiny_prepared, tmp_path):
+    import json
+
+    from foscu.engine.checkpoint import read_weights
+    from foscu.stages import train_stage
+
+    for weight in (0, 10):
+        cfg = load_config("tiny", [f"image_vae.structure_weight={weight}"])
+        train_stage("image-vae", cfg, tiny_prepared, tmp_path / f"run{weight}", progress=False)
+    log = tmp_path / "run10" / "image-vae" / "metrics.jsonl"
+    last = [json.loads(line) for line in log.read_text().splitlines()][-1]
+    assert {"val_l1", "val_contrast_liver", "val_l1_liver", "val_contrast_portal_vein"} <= set(last)
+    assert all(k.startswith(("val_contrast_", "val_l1")) for k in last if k.startswith("val_"))
+    a, b = (read_weights(tmp_path / f"run{w}" / "image-vae" / "model.safetensors")[0] for w in (0, 10))
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the weight reaches training

@@ -2,7 +2,8 @@
 
 A stage hands ``fit`` a ``Recipe``: its networks, a pure ``loss_fn(nets, batch) -> {"loss": ..., ...}``, a
 dataset and optionally a ``validate(nets) -> {name: value}``. The loop owns AdamW, autocast, gradient
-clipping, EMA, DDP, checkpoints (safetensors weights + a weights_only state), exact resume,
+clipping, the learning-rate schedule (engine/schedule.py), EMA, DDP, checkpoints (safetensors weights + a
+weights_only state), exact resume,
 metrics.jsonl/TensorBoard, the progress bar and early stopping (``train.patience`` epochs without
 improvement of ``monitor``). ``TrainStep`` is the one optimiser step, which the benchmarks time too.
 
@@ -29,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from foscu.config import TrainConfig
 from foscu.engine import distributed
 from foscu.engine.checkpoint import load_state, load_weights, plain, save_state, save_weights
+from foscu.engine.schedule import set_lr
 from foscu.engine.tracking import MetricsLog, progress_bar
 from foscu.errors import InputError
 from foscu.runs import METRICS, MODEL, STATE, write_json_atomic
@@ -137,7 +139,8 @@ def _better(value: float, best: float | None, mode: str) -> bool:
 
 class TrainStep:
     """One optimiser step exactly as ``fit`` takes it: autocast forward, finite-loss check, (scaled) backward,
-    gradient clipping, AdamW, EMA. Benchmarks time this same object."""
+    gradient clipping, AdamW at the step's scheduled rate (of ``total`` steps; default ``cfg.steps``), EMA.
+    Benchmarks time this same object."""
 
     def __init__(
         self,
@@ -149,9 +152,11 @@ class TrainStep:
         train_nets: dict[str, nn.Module] | None = None,
         ema: dict[str, nn.Module] | None = None,
         name: str = "",
+        total: int | None = None,
     ) -> None:
         self.nets, self.train_nets, self.loss_fn, self.cfg = nets, train_nets or nets, loss_fn, cfg
         self.trainable, self.ema, self.name = list(trainable), ema or {}, name
+        self.total = cfg.steps if total is None else total
         self.params = [p for n in trainable for p in nets[n].parameters()]
         # AdamW (paper: "the AdamW optimizer from PyTorch"), mixed precision on GPU only
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -177,6 +182,7 @@ class TrainStep:
         if self.cfg.grad_clip:
             self.scaler.unscale_(self.opt)
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        set_lr(self.opt, step, self.total, self.cfg)
         self.scaler.step(self.opt)
         self.scaler.update()
         for name, ema_net in self.ema.items():
@@ -217,9 +223,10 @@ class _Training:
         if resume and not (folder / STATE).is_file():
             raise InputError(folder, f"nothing to resume: no {STATE} (train without --resume)")
         self._set_up_nets()
+        self.total = total_steps(len(recipe.train_set), cfg, self.dist.world_size)  # type: ignore[arg-type]
         self.stepper = TrainStep(
             recipe.nets, recipe.loss_fn, cfg, self.dist.device, recipe.trainable,
-            self.train_nets, self.ema, folder.name,
+            self.train_nets, self.ema, folder.name, self.total,
         )  # fmt: skip
         self.step, self.best_step = 0, 0
         self.best: float | None = None
@@ -227,7 +234,6 @@ class _Training:
         if resume:
             self._resume()
         self.log = MetricsLog(folder, resume_step=self.step, enabled=self.dist.is_main)
-        self.total = total_steps(len(recipe.train_set), cfg, self.dist.world_size)  # type: ignore[arg-type]
         self.loader, sampler = train_loader(recipe.train_set, cfg, seed, self.step, self.total)
         # early stopping counts epochs (passes over the training split, paper II-C), not validations, so a
         # larger training set (real + synthetic) gets as many epochs without improvement as the real one
@@ -295,6 +301,7 @@ class _Training:
         values = distributed.all_mean(means, self.dist.device)
         elapsed = time.perf_counter() - self.loop_started
         values["steps_per_s"] = (self.step - self.step_start) / max(elapsed, 1e-9)
+        values["lr"] = self.stepper.opt.param_groups[0]["lr"]  # the last step's (engine/schedule.py)
         self.last_val = self._validate()
         values.update(self.last_val)
         self.log.log(self.step, values)

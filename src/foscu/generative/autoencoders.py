@@ -1,7 +1,8 @@
 """label-vae, image-vae (MONAI AutoencoderKL) and the vqvae baseline (MONAI VQVAE): build + loss + codec.
 
 label-vae encodes one-hot labels (5 channels) and decodes class logits, so its reconstruction term is the
-cross-entropy against the label; image-vae reconstructs intensities with L1 or L2 (paper II-B: KL weight 1e-7).
+cross-entropy against the label; image-vae reconstructs intensities with L1 or L2 (paper II-B: KL weight 1e-7),
+optionally weighted 1 + ``structure_weight`` on the vessel and tumor voxels of the label the batch carries.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from foscu.config import AutoencoderStage, ImageAutoencoderStage, VQVAEStage
 from foscu.data.loaders import SplitVolumes, VolumeSet, load_split, one_hot
 from foscu.engine.loop import Recipe
 from foscu.errors import InputError
+from foscu.evaluation.reconstruction import StructureScores
+from foscu.labels import HEPATIC_VEIN, PORTAL_VEIN, TUMOR
 
 if TYPE_CHECKING:
     from foscu.context import StageContext
@@ -55,13 +58,35 @@ def foreground_dice_loss(logits: torch.Tensor, onehot: torch.Tensor) -> torch.Te
     return dice(logits.float(), onehot.float())
 
 
+STRUCTURES = (PORTAL_VEIN, HEPATIC_VEIN, TUMOR)  # the thin or small structures structure_weight favours
+
+
+def structure_weights(label_onehot: torch.Tensor, weight: float) -> torch.Tensor:
+    """(B, C, X, Y, Z) one-hot -> (B, 1, X, Y, Z) voxel weights: 1 + ``weight`` on vessels and tumor, else 1."""
+    present = [c for c in STRUCTURES if c < label_onehot.shape[1]]  # a liver-only label map has none
+    return 1.0 + weight * label_onehot[:, present].float().sum(1, keepdim=True)
+
+
 def reconstruction_error(
-    recon: torch.Tensor, target: torch.Tensor, kind: str, dice_weight: float = 0.0
+    recon: torch.Tensor,
+    target: torch.Tensor,
+    kind: str,
+    dice_weight: float = 0.0,
+    voxel_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``ce`` (+ ``dice_weight`` x foreground Dice loss) for label logits vs one-hot, ``l1``/``l2`` for images."""
+    """``ce`` (+ ``dice_weight`` x foreground Dice loss) for label logits vs one-hot, ``l1``/``l2`` for images.
+
+    With ``voxel_weights`` (images), the weighted mean sum(w * e) / sum(w) of the voxel errors e.
+    """
     if kind == "ce":
         ce = F.cross_entropy(recon.float(), target.argmax(1))
         return ce + dice_weight * foreground_dice_loss(recon, target) if dice_weight else ce
+    if voxel_weights is not None:
+        error = (
+            (recon.float() - target.float()).abs() if kind == "l1" else (recon.float() - target.float()) ** 2
+        )
+        weights = voxel_weights.expand_as(error)
+        return (weights * error).sum() / weights.sum()
     if kind == "l2":
         return F.mse_loss(recon.float(), target.float())
     return F.l1_loss(recon.float(), target.float())
@@ -75,11 +100,14 @@ def autoencoder_loss(
     kind: str,
     kl_weight: float,
     dice_weight: float = 0.0,
+    structure_weight: float = 0.0,
 ) -> dict[str, torch.Tensor]:
-    """Reconstruction + kl_weight * KL (paper II-B)."""
+    """Reconstruction + kl_weight * KL (paper II-B); images: the reconstruction weighted 1 + ``structure_weight``
+    on the vessel and tumor voxels of the batch's ``label_onehot`` (the same crop as its image)."""
     x = batch[key]  # (B, C, X, Y, Z)
     recon, z_mu, z_sigma = nets["autoencoder"](x)
-    rec = reconstruction_error(recon, x, kind, dice_weight)
+    weights = structure_weights(batch["label_onehot"], structure_weight) if structure_weight else None
+    rec = reconstruction_error(recon, x, kind, dice_weight, weights)
     kl = kl_divergence(z_mu.float(), z_sigma.float())
     return {"reconstruction": rec, "kl": kl, "loss": rec + kl_weight * kl}
 
@@ -173,7 +201,8 @@ def _mean_foreground_dice(pred: torch.Tensor, target: torch.Tensor, labels: dict
 
 
 class ReconstructionScore:
-    """Validation: mean foreground Dice of label reconstructions (``val_dice``), or image L1 (``val_l1``)."""
+    """Validation: mean foreground Dice of label reconstructions (``val_dice``), or for images the L1
+    (``val_l1``) and, per structure, the contrast kept and the L1 inside it (evaluation/reconstruction.py)."""
 
     def __init__(self, val: SplitVolumes, data: str, labels: dict[str, int], device: torch.device) -> None:
         self.val, self.data, self.labels, self.device = val, data, labels, device
@@ -187,6 +216,7 @@ class ReconstructionScore:
         if len(self.val) == 0:
             return {}
         net, total = nets["autoencoder"], 0.0
+        structures = StructureScores(self.labels)
         for i in range(
             0, len(self.val), 2
         ):  # one batch at a time: a one-hot split would not fit at paper size
@@ -197,7 +227,10 @@ class ReconstructionScore:
                 total += _mean_foreground_dice(recon.argmax(1), target, self.labels) * len(x)
             else:
                 total += float((recon - x).abs().mean()) * len(x)
-        return {"val_dice" if self.data == "label" else "val_l1": total / len(self.val)}
+                structures.add(x, recon, self.val.labels[i : i + 2])
+        if self.data == "label":
+            return {"val_dice": total / len(self.val)}
+        return {"val_l1": total / len(self.val), **structures.result()}
 
 
 def _recipe(
@@ -224,12 +257,18 @@ def _recipe(
     validation = load_split(ctx.prepared, "validation")
     train_set = VolumeSet(load_split(ctx.prepared, "training"), len(labels), _patch(ctx, downsamples))
     validate = ReconstructionScore(validation, data, labels, ctx.device)
-    return Recipe(nets, loss_fn, train_set, list(trainable), validate, info=info)
+    best = ctx.best_by("val_dice", "max") if data == "label" else ctx.best_by("val_l1")
+    return Recipe(nets, loss_fn, train_set, list(trainable), validate, info=info, **best)
 
 
 def recipe(ctx: StageContext, data: str) -> Recipe:
     """label-vae (``data="label"``: one-hot in, class logits out, cross-entropy + Dice) or image-vae (L1/L2)."""
     section = ctx.section
+    if getattr(section, "structure_weight", 0.0) and len(ctx.prepared.labels) <= min(STRUCTURES):
+        raise InputError(
+            f"{ctx.section_name}.structure_weight",
+            f"{ctx.prepared.root} holds liver-only labels: no vessel or tumor voxels to weight",
+        )
     recorded: dict[str, Any] = {}
     if data == "image" and section.pretrained == "maisi":  # generative/maisi.py
         from foscu.generative.maisi import pretrained_nets
@@ -243,6 +282,7 @@ def recipe(ctx: StageContext, data: str) -> Recipe:
         kind="ce" if data == "label" else section.reconstruction,
         kl_weight=section.kl_weight,
         dice_weight=section.dice_weight,
+        structure_weight=getattr(section, "structure_weight", 0.0),  # image_vae only
     )
     frozen = data == "image" and section.freeze
     return _recipe(ctx, nets, loss_fn, data, recorded, () if frozen else ("autoencoder",))

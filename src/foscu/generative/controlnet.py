@@ -244,6 +244,7 @@ def recipe(ctx: StageContext) -> Recipe:
         LatentSet(cache["training"]["mean"], cache["training"]["sigma"], scale, extras["training"]),
         ["controlnet"],
         ControlNetValidation(val, make_batch, extras["validation"]),
+        **ctx.best_by("val_loss"),
         info=info,
         metadata={"scale_factor": scale, "condition": stage.condition},
     )

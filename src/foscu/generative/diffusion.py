@@ -152,6 +152,7 @@ def recipe(ctx: StageContext, encoder: str) -> Recipe:
         LatentSet(mean, cache["training"]["sigma"], scale),
         ["unet"],
         LatentValidation(val_mean, scale, scheduler, section.objective, ctx.device),
+        **ctx.best_by("val_loss"),
         info=info,
         metadata={"scale_factor": scale, "encoder": encoder},
     )
