@@ -139,6 +139,7 @@ def test_grid_writes_table2_on_tiny_data_and_skips_done_runs(tiny_phantom, tmp_p
         ("real", "2", "False"),
         ("real+synthetic", "2", "False"),
     ]
+    assert lines[0]["synthetic_digest"] == "" and len(lines[1]["synthetic_digest"]) == 64
 
     done = [
         tmp_path / "run" / "seg" / "unet-binary-real" / "metrics.json",

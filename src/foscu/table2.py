@@ -2,9 +2,10 @@
 
 Each cell is one training run per seed (``RUN/seg/<arch>-<task>-<data>/`` for the config's seed,
 ``...-seed<k>/`` for the others of ``segmentation.seeds``), skipped when its ``metrics.json`` exists and
-resumed when it stopped half-way; its test predictions are scored by ``evaluate_cases`` (nnU-Net
-empty-class convention) into ``RUN/evaluation/seg/<name>.json``. With several seeds a row holds the
-per-seed values, their mean and a Student-t 95 % interval over seeds.
+resumed when it stopped half-way — a real + synthetic cell only for the synthetic draw and fraction it
+recorded, another is refused (``table2_cells.check_reusable``); its test predictions are scored by
+``evaluate_cases`` (nnU-Net empty-class convention) into ``RUN/evaluation/seg/<name>.json``. With several
+seeds a row holds the per-seed values, their mean and a Student-t 95 % interval over seeds.
 """
 
 from __future__ import annotations

@@ -74,8 +74,7 @@ def cell_record(run: RunFolder, stage: str, **keys: Any) -> dict[str, Any]:
         "folder": stage,
         "real_cases": cases.get("real"),
         "synthetic_cases": cases.get("synthetic"),
-        "synthetic_fraction": config.get("synthetic_fraction") if keys.get("data") != "real" else None,
-        "synthetic_digest": config.get("synthetic_digest"),
+        **{key: config.get(key) if keys.get("data") != "real" else None for key in REUSE_KEYS},
         "steps": metrics.get("steps"),
         "best_step": metrics.get("best_step"),  # None: trained before metrics.json recorded it
         "stopped_early": metrics.get("stopped_early"),
