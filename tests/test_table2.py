@@ -3,13 +3,16 @@ import json
 import shutil
 
 import pytest
+import yaml
 
 from foscu.config import load_config
 from foscu.data.layout import write_dataset_json
 from foscu.data.prepare import prepare_dataset, read_prepared
 from foscu.errors import InputError
 from foscu.labels import labels_for_task
+from foscu.segmentation.train import run_name
 from foscu.table2 import run_table2, seed_list, table2_csv, table2_markdown, table2_rows
+from foscu.table2_cells import counts_note
 
 
 def fake(dice, task="binary"):
@@ -114,6 +117,29 @@ def test_grid_writes_table2_on_tiny_data_and_skips_done_runs(tiny_phantom, tmp_p
     assert "| U-Net | Liver-Only | liver |" in (out / "table2.md").read_text()
     for name in ("unet-binary-real", "unet-binary-real+synthetic"):
         assert (out / "seg" / f"{name}.json").is_file()
+    # each cell records what it trained on (the cases of its training list) and when it was best
+    n_real = len(read_prepared(prepared).datalist["training"])
+    real_cell, mixed_cell = table["cells"]
+    assert (real_cell["data"], real_cell["real_cases"], real_cell["synthetic_cases"]) == ("real", n_real, 0)
+    assert (mixed_cell["data"], mixed_cell["real_cases"]) == ("real+synthetic", n_real)
+    assert mixed_cell["synthetic_cases"] == n_real  # fraction 1.0 of n_real; the set holds that many
+    recorded = yaml.safe_load(
+        (tmp_path / "run" / "seg" / "unet-binary-real+synthetic" / "config.yaml").read_text()
+    )
+    assert len(recorded["synthetic_cases"]) == n_real
+    for cell in table["cells"]:
+        assert cell["steps"] == 2 and cell["best_step"] in (2,) and cell["stopped_early"] is False
+    assert f"{n_real} real + {n_real} synthetic" in table["note"]
+    assert f"{n_real} real + 0 synthetic" in table["note"] and "1.00 per real case" in table["note"]
+    assert "same synthetic cases" in table["note"] and "Stopped early: 0 of 2 cells" in table["note"]
+    assert "## Training per cell" in (out / "table2.md").read_text()
+    with (out / "table2_cells.csv").open() as fh:
+        lines = list(csv.DictReader(fh))
+    assert [(c["data"], c["best_step"], c["stopped_early"]) for c in lines] == [
+        ("real", "2", "False"),
+        ("real+synthetic", "2", "False"),
+    ]
+    assert lines[0]["synthetic_digest"] == "" and len(lines[1]["synthetic_digest"]) == 64
 
     done = [
         tmp_path / "run" / "seg" / "unet-binary-real" / "metrics.json",
@@ -188,6 +214,12 @@ def test_grid_trains_every_seed_into_its_own_folder(tiny_prepared, tmp_path, mon
 
     def fake_train(arch, task, cfg, prepared_root, run_folder, synthetic=None, **kwargs):
         trained.append((bool(synthetic), kwargs["seed"]))
+        name = run_name(arch, task, bool(synthetic), None if kwargs["seed"] == cfg.seed else kwargs["seed"])
+        folder = run_folder / "seg" / name  # what a finished stage leaves: its config and its summary
+        folder.mkdir(parents=True)
+        cases = {"real": 3, "synthetic": 3 if synthetic else 0}
+        (folder / "config.yaml").write_text(yaml.safe_dump({"training_cases": cases}))
+        (folder / "metrics.json").write_text(json.dumps({"steps": 8, "best_step": 4, "stopped_early": True}))
 
     def fake_predict(folder, images, out, overwrite, progress):
         predicted.append(folder.name)
@@ -219,3 +251,77 @@ def test_grid_trains_every_seed_into_its_own_folder(tiny_prepared, tmp_path, mon
     assert table["seeds"] == [0, 1, 2] and table["interval"] == "Student-t 95 % over seeds"
     assert "3 times" in table["note"] and "Student-t" in table["note"]
     assert "±" in (run / "evaluation" / "table2.md").read_text()
+    assert [(c["data"], c["seed"], c["best_step"]) for c in table["cells"]][2:4] == [
+        ("real", 2, 4),
+        ("real+synthetic", 0, 4),
+    ]
+    assert "3 real + 3 synthetic" in table["note"] and "Stopped early: 6 of 6 cells" in table["note"]
+
+
+def _tiny_table2_run(tiny_phantom, tmp_path):
+    prepared = tmp_path / "prepared"
+    prepare_dataset(tiny_phantom, prepared, roi=(32, 32, 16), progress=False)
+    synthetic = tmp_path / "synthetic"
+    for sub in ("imagesTr", "labelsTr"):
+        shutil.copytree(prepared / sub, synthetic / sub)
+    write_dataset_json(synthetic, "synthetic", len(read_prepared(prepared).datalist["training"]))
+    overrides = ["segmentation.train.steps=2", "segmentation.train.val_every=2"]
+    run = tmp_path / "run"
+    table = run_table2(load_config("tiny", overrides), prepared, run, synthetic, ["unet"], ["binary"], False)
+    return prepared, synthetic, run, overrides, table
+
+
+def test_a_rerun_with_another_ratio_or_synthetic_set_is_refused_never_reused(tiny_phantom, tmp_path):
+    prepared, synthetic, run, overrides, table = _tiny_table2_run(tiny_phantom, tmp_path)
+    mixed = run / "seg" / "unet-binary-real+synthetic"
+    written = [mixed / "model.safetensors", mixed / "metrics.json", mixed / "config.yaml"]
+    stamps = [path.stat().st_mtime_ns for path in written]
+
+    def again(extra, source):
+        cfg = load_config("tiny", overrides + extra)
+        return run_table2(cfg, prepared, run, source, ["unet"], ["binary"], progress=False)
+
+    with pytest.raises(InputError, match="synthetic_fraction 1.0 .* synthetic_fraction 0.5") as err:
+        again(["segmentation.synthetic_fraction=0.5"], synthetic)
+    assert err.value.path == str(mixed / "config.yaml") and "remove" in err.value.problem
+
+    moved = tmp_path / "moved"
+    shutil.copytree(synthetic, moved)
+    assert again([], moved) == table  # the same cases under another folder name: the same cell, reused
+
+    resampled = tmp_path / "resampled"  # the same layout and case ids, the images sampled anew
+    shutil.copytree(synthetic, resampled)
+    cases = sorted((resampled / "imagesTr").iterdir())
+    for case in cases[:-1]:
+        shutil.copy(cases[-1], case)
+    with pytest.raises(InputError, match="synthetic draw"):
+        again([], resampled)
+
+    assert (mixed / "train_state.pt").is_file()
+    (mixed / "metrics.json").unlink()  # a cell that stopped half-way is not resumed on another set either
+    with pytest.raises(InputError, match="synthetic draw"):
+        again([], resampled)
+    assert not (mixed / "metrics.json").exists()
+    assert [path.stat().st_mtime_ns for path in written[::2]] == stamps[::2]  # nothing rewritten
+
+
+def test_counts_note_gives_the_real_counts_and_a_capped_ratio():
+    # the proof's case: synthetic_fraction 1.0 asks for round(1.0 x 42) = 42, the set holds 36 -> 0.86
+    def cell(data, seed, synthetic, digest):
+        return {
+            "data": data,
+            "seed": seed,
+            "real_cases": 42,
+            "synthetic_cases": synthetic,
+            "synthetic_fraction": 1.0 if synthetic else None,
+            "synthetic_digest": digest,
+            "stopped_early": seed == 1,
+        }
+
+    cells = [cell("real", s, 0, None) for s in (0, 1)] + [cell("real+synthetic", s, 36, "a") for s in (0, 1)]
+    note = counts_note(cells)
+    assert "real: 42 real + 0 synthetic; real+synthetic: 42 real + 36 synthetic." in note
+    assert "0.86 per real case (synthetic_fraction 1.0 asked for 42; the set holds only 36)" in note
+    assert "same synthetic cases" in note and "Stopped early: 2 of 4 cells" in note
+    cells[3]["synthetic_digest"] = "b"
+    assert "drew different synthetic cases" in counts_note(cells)

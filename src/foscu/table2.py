@@ -2,9 +2,10 @@
 
 Each cell is one training run per seed (``RUN/seg/<arch>-<task>-<data>/`` for the config's seed,
 ``...-seed<k>/`` for the others of ``segmentation.seeds``), skipped when its ``metrics.json`` exists and
-resumed when it stopped half-way; its test predictions are scored by ``evaluate_cases`` (nnU-Net
-empty-class convention) into ``RUN/evaluation/seg/<name>.json``. With several seeds a row holds the
-per-seed values, their mean and a Student-t 95 % interval over seeds.
+resumed when it stopped half-way — a real + synthetic cell only for the synthetic draw and fraction it
+recorded, another is refused (``table2_cells.check_reusable``); its test predictions are scored by
+``evaluate_cases`` (nnU-Net empty-class convention) into ``RUN/evaluation/seg/<name>.json``. With several
+seeds a row holds the per-seed values, their mean and a Student-t 95 % interval over seeds.
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ import numpy as np
 from foscu.errors import InputError
 from foscu.labels import Task, labels_for_task
 from foscu.runs import RunFolder, seg_stage, write_json_atomic, write_text_atomic
+from foscu.table2_cells import (
+    cell_record,
+    cells_csv,
+    cells_markdown,
+    check_reusable,
+    counts_note,
+    requested_training,
+)
 
 if TYPE_CHECKING:
     from foscu.config import FoscuConfig
@@ -47,14 +56,17 @@ def trained_segmenter(
 ) -> Path:
     """The folder of one segmentation run, trained here (or resumed) unless its training finished.
 
-    ``seed`` other than the config's trains into ``...-seed<k>/`` (train_segmenter's rule).
+    ``seed`` other than the config's trains into ``...-seed<k>/`` (train_segmenter's rule). A real +
+    synthetic cell that began with another synthetic draw or ``synthetic_fraction`` is refused, not reused.
     """
-    from foscu.segmentation.train import run_name
     from foscu.stages import train_segmenter
 
     run = RunFolder(run_folder)
-    name = run_name(arch, task, synthetic_dir is not None, None if seed is None or seed == cfg.seed else seed)
+    name = _cell_name(cfg, arch, task, synthetic_dir is not None, seed)
     stage = seg_stage(name)
+    if run.config(stage).is_file():
+        requested = requested_training(cfg, prepared_root, synthetic_dir, cfg.seed if seed is None else seed)
+        check_reusable(run, stage, requested)
     if not run.metrics(stage).is_file():
         train_segmenter(
             arch,
@@ -68,6 +80,12 @@ def trained_segmenter(
             seed=seed,
         )
     return run.seg(name)
+
+
+def _cell_name(cfg: FoscuConfig, arch: str, task: Task, synthetic: bool, seed: int | None) -> str:
+    from foscu.segmentation.train import run_name
+
+    return run_name(arch, task, synthetic, None if seed is None or seed == cfg.seed else seed)
 
 
 def _cell(
@@ -86,12 +104,12 @@ def _cell(
     from foscu.data.prepare import read_prepared
     from foscu.evaluation.segmentation_metrics import evaluate_cases
     from foscu.segmentation.predict import predict_cases
-    from foscu.segmentation.train import run_name
 
     run = RunFolder(run_folder)
-    name = run_name(arch, task, synthetic_dir is not None, None if seed == cfg.seed else seed)
+    name = _cell_name(cfg, arch, task, synthetic_dir is not None, seed)
     evaluation = run.evaluation / "seg" / f"{name}.json"
     if evaluation.is_file() and run.metrics(seg_stage(name)).is_file():
+        check_reusable(run, seg_stage(name), requested_training(cfg, prepared_root, synthetic_dir, seed))
         return json.loads(evaluation.read_text())
     folder = trained_segmenter(cfg, prepared_root, run_folder, arch, task, synthetic_dir, seed, progress)
     test = read_prepared(prepared_root).datalist["test"]
@@ -216,7 +234,7 @@ def _pm(
     return text if half is None else f"{text} ± {half:.{digits}f}"
 
 
-def table2_markdown(rows: list[dict[str, Any]], note: str) -> str:
+def table2_markdown(rows: list[dict[str, Any]], note: str, cells: list[dict[str, Any]] | None = None) -> str:
     lines = [
         "# Table II: segmentation Dice on the test split",
         "",
@@ -233,7 +251,7 @@ def table2_markdown(rows: list[dict[str, Any]], note: str) -> str:
             f"{_pm(r['real'], r['real_ci'])} | {_pm(r['real+synthetic'], r['real+synthetic_ci'])} | {imp} | "
             f"{points} | {paired} |"
         )
-    return "\n".join(lines + ["", note, ""])
+    return "\n".join(lines + ["", note, ""] + ([cells_markdown(cells), ""] if cells else []))
 
 
 CSV_COLUMNS = [
@@ -268,14 +286,12 @@ def table2_csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def _note(cfg: FoscuConfig, seeds: list[int]) -> str:
-    """What table2's numbers are: the seeds, the interval, the improvement's unit, the Dice convention."""
+def _note(seeds: list[int], cells: list[dict[str, Any]]) -> str:
+    """What table2's numbers are: the seeds, the interval, the improvement's unit, the Dice convention,
+    the real and synthetic cases the cells trained on."""
     from foscu.evaluation.segmentation_metrics import CONVENTIONS
 
-    seeded = (
-        f"(weights, batch order, augmentation, synthetic draw at {cfg.segmentation.synthetic_fraction} "
-        "synthetic per real case)"
-    )
+    seeded = "(weights, batch order, augmentation and the synthetic draw)"
     relative = (
         "improvement_percent = (real+synthetic - real) / real x 100, relative, in percent as the paper's "
         "Table II (0.6968 -> 0.7014 is +0.66 %)"
@@ -284,7 +300,7 @@ def _note(cfg: FoscuConfig, seeds: list[int]) -> str:
         return (
             f"Dice on the prepared test split; each run trained once, seed {seeds[0]} {seeded} — no repeats, "
             f"so differences within run-to-run noise are not evidence. {relative}; difference_points = "
-            f"(real+synthetic - real) x 100. {CONVENTIONS['nnunet']}"
+            f"(real+synthetic - real) x 100. {CONVENTIONS['nnunet']} {counts_note(cells)}"
         )
     return (
         f"Dice on the prepared test split; each cell trained {len(seeds)} times, seeds {seeds} {seeded}, "
@@ -293,7 +309,8 @@ def _note(cfg: FoscuConfig, seeds: list[int]) -> str:
         "(sd with n-1), i.e. run-to-run training noise only, not case sampling. "
         f"{relative}, on the seed means; paired_improvement_percent is the mean over seeds of each seed's "
         "relative improvement (real and real+synthetic trained with the same seed), with its t-interval; "
-        f"difference_points = (real+synthetic - real) x 100 on the means. {CONVENTIONS['nnunet']}"
+        f"difference_points = (real+synthetic - real) x 100 on the means. {CONVENTIONS['nnunet']} "
+        + counts_note(cells)
     )
 
 
@@ -319,6 +336,7 @@ def run_table2(
     run_folder = Path(run_folder)
     seeds = seed_list(cfg)
     results: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    cells: list[dict[str, Any]] = []
     for task in tasks:
         for arch in archs:
             task = cast(Task, task)
@@ -326,22 +344,28 @@ def run_table2(
             if synthetic_dir is not None:
                 sources.append(("real+synthetic", Path(synthetic_dir)))
             for kind, source in sources:
-                results[(arch, task, kind)] = [
-                    _cell(cfg, prepared_root, run_folder, arch, task, source, progress, seed)
-                    for seed in seeds
-                ]
+                results[(arch, task, kind)] = []
+                for seed in seeds:
+                    results[(arch, task, kind)].append(
+                        _cell(cfg, prepared_root, run_folder, arch, task, source, progress, seed)
+                    )
+                    stage = seg_stage(_cell_name(cfg, arch, task, source is not None, seed))
+                    keys = {"arch": arch, "task": task, "data": kind, "seed": seed}
+                    cells.append(cell_record(RunFolder(run_folder), stage, **keys))
     rows = table2_rows(results, archs, tasks)
     table = {
         "rows": rows,
-        "note": _note(cfg, seeds),
+        "note": _note(seeds, cells),
         "seed": cfg.seed,
         "seeds": seeds,
         "interval": None if len(seeds) < 2 else "Student-t 95 % over seeds",
         "archs": archs,
         "tasks": tasks,
+        "cells": cells,
     }
     out = RunFolder(run_folder).evaluation
     write_json_atomic(RunFolder(run_folder).evidence("table2"), table)
     write_text_atomic(out / "table2.csv", table2_csv(rows))
-    write_text_atomic(out / "table2.md", table2_markdown(rows, str(table["note"])))
+    write_text_atomic(out / "table2_cells.csv", cells_csv(cells))
+    write_text_atomic(out / "table2.md", table2_markdown(rows, str(table["note"]), cells))
     return table

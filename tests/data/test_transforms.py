@@ -8,8 +8,8 @@ import torch
 
 from foscu.data.nifti import write_nifti
 from foscu.data.prepare import read_prepared
-from foscu.data.transforms import SeededDataset, train_transforms
-from foscu.labels import TUMOR
+from foscu.data.transforms import SeededDataset, _foreground_crop_class, train_transforms
+from foscu.labels import LABELS, TUMOR
 
 
 @pytest.fixture()
@@ -48,3 +48,26 @@ def test_same_item_seed_same_augmentation(seg_prepared):
     assert a["image"].shape == (1, 16, 16, 16) and set(a["label"].unique().tolist()) <= {0.0, 1.0}
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
     assert not torch.equal(a["image"], c["image"])
+
+
+def test_oversampling_at_the_presets_prob_centres_every_class_equally_often():
+    # four small blobs of unequal size, far from the border; the uniform crop almost never centres on one
+    # (297 foreground voxels of 32,000 possible centres), so "the centre voxel is foreground" ~ "fg-centred"
+    label = torch.zeros((1, 48, 48, 24))
+    label[0, 8:14, 8:14, 6:12] = 1  # liver, the largest
+    label[0, 32:35, 10:13, 8:11] = 2  # portal vein
+    label[0, 10:13, 34:37, 14:17] = 3  # hepatic vein
+    label[0, 34:37, 34:37, 12:15] = 4  # tumor
+    patch = (9, 9, 5)  # odd: the centre voxel is (4, 4, 2)
+    crop = _foreground_crop_class()(patch, 0.33, len(LABELS))
+    data = {"image": torch.zeros_like(label), "label": label}
+    draws, centred = 1000, []
+    for seed in range(draws):
+        centre = int(crop.set_random_state(seed=seed)(data)["label"][0, 4, 4, 2])  # the centre voxel
+        if centre:
+            centred.append(centre)
+    assert abs(len(centred) / draws - 0.33) < 0.05
+    shares = {c: centred.count(c) / len(centred) for c in (1, 2, 3, 4)}
+    assert all(abs(share - 0.25) < 0.08 for share in shares.values()), shares
+    again = crop.set_random_state(seed=7)(data)["label"]
+    assert torch.equal(again, crop.set_random_state(seed=7)(data)["label"])  # same seed, same patch

@@ -124,6 +124,8 @@ def test_early_stopping_counts_epochs_and_keeps_the_best_weights(tmp_path, cases
     result = fit(tmp_path, toy, cfg(steps=60, val_every=2, patience=1), progress=False)
     assert result.stopped_early and result.steps == stop and result.best == {"val_dice": 0.7}
     assert read_weights(tmp_path / "model.safetensors")[1]["step"] == 4
+    summary = json.loads((tmp_path / "metrics.json").read_text())
+    assert summary["best_step"] == 4 and summary["stopped_early"] is True
 
 
 def test_train_step_is_the_step_fit_takes(tmp_path):

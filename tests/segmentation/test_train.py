@@ -1,4 +1,5 @@
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,14 @@ from foscu.data.prepare import read_prepared
 from foscu.data.transforms import SeededDataset, train_transforms
 from foscu.errors import InputError
 from foscu.segmentation.networks import ARCHS, build_segmenter
-from foscu.segmentation.train import NET, SegmentationLoss, mix_training
+from foscu.segmentation.train import (
+    NET,
+    SegmentationLoss,
+    mix_training,
+    synthetic_digest,
+    synthetic_items,
+    training_items,
+)
 from foscu.stages import train_segmenter
 
 
@@ -71,6 +79,21 @@ def test_mix_training_draws_fraction_per_real_case():
     assert len(mix_training(real, synthetic[:3], 2.0, seed=0)) == 7  # capped at what exists
 
 
+def test_synthetic_digest_follows_the_files_not_the_folder(seg_prepared, tmp_path):
+    prepared = read_prepared(seg_prepared)
+    a = make_synthetic(seg_prepared, tmp_path / "a")
+    b = make_synthetic(seg_prepared, tmp_path / "b")
+    _, drawn_a = training_items(prepared, [a], 0.5, seed=0)
+    _, drawn_b = training_items(prepared, [b], 0.5, seed=0)
+    assert len(drawn_a) == 2 and synthetic_digest(drawn_a) == synthetic_digest(drawn_b)
+    assert synthetic_digest(drawn_a) != synthetic_digest(training_items(prepared, [a], 0.5, seed=1)[1])
+    assert synthetic_digest(drawn_a) != synthetic_digest(drawn_a[::-1])
+    label = Path(drawn_b[0]["label"])
+    label.write_bytes(Path(drawn_b[1]["label"]).read_bytes())  # one label sampled anew
+    assert synthetic_digest(drawn_a) != synthetic_digest(drawn_b)
+    assert training_items(prepared, [], 0.5, seed=0) == (prepared.datalist["training"], [])
+
+
 def make_synthetic(prepared, out, labels=None):
     """A synthetic set in nnU-Net layout: the prepared training cases copied under new ids."""
     data = read_prepared(prepared)
@@ -92,6 +115,11 @@ def test_synthetic_joins_training_only_and_foreign_label_map_is_refused(seg_prep
     assert folder.name == "resunet-binary-real+synthetic" and (folder / "model.safetensors").is_file()
     stage = yaml.safe_load((folder / "config.yaml").read_text())
     assert stage["training_cases"] == {"real": 4, "synthetic": 2}
+    drawn = mix_training(
+        read_prepared(seg_prepared).datalist["training"], synthetic_items([syn], (32, 32, 16)), 0.5, 0
+    )[4:]
+    assert stage["synthetic_cases"] == [item["case_id"] for item in drawn]
+    assert stage["synthetic_digest"] == synthetic_digest(drawn)
 
     other = make_synthetic(seg_prepared, tmp_path / "other", labels={"background": 0, "liver": 1, "tumor": 2})
     with pytest.raises(InputError) as err:

@@ -82,9 +82,11 @@ def _foreground_crop_class():  # -> the transform class (MONAI imported only whe
             self._centre_on_foreground = False
 
         def set_random_state(self, seed: int | None = None, state: Any = None) -> ForegroundOversampledCropd:
+            # Each inner crop gets its own seed, drawn from this one's stream: with one shared seed the
+            # yes/no draw below was also the class draw, so u < prob only ever picked the first classes.
             super().set_random_state(seed, state)
-            self.foreground.set_random_state(seed, state)
-            self.uniform.set_random_state(seed, state)
+            for crop in (self.foreground, self.uniform):
+                crop.set_random_state(seed=int(self.R.randint(2**31)))
             return self
 
         def randomize(self, data: Any = None) -> None:

@@ -366,6 +366,7 @@ class _Training:
             rate = round((self.step - self.step_start) / max(seconds, 1e-9), 3)
             summary: dict[str, Any] = {"steps": self.step, "seconds": round(seconds, 2), "steps_per_s": rate}
             summary.update(best=best, last=self.last_val, stopped_early=self.stopped_early, monitor=monitor)
+            summary["best_step"] = self.best_step if best else None  # the step model.safetensors is from
             write_json_atomic(self.folder / METRICS, summary)
         distributed.barrier()
         return result

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from foscu.context import StageContext
+    from foscu.data.prepare import PreparedSet
 
 
 def run_name(arch: str, task: Task, synthetic: bool, seed: int | None = None) -> str:
@@ -156,11 +157,36 @@ def build(info: dict[str, Any]) -> dict[str, nn.Module]:
     return {NET: build_segmenter(info["arch"], info["task"], seg, roi, spacing)}  # type: ignore[arg-type]
 
 
-def _training_items(ctx: StageContext, synthetic: bool) -> tuple[list[dict], float]:
-    """The real training cases (+ the synthetic draw) and the synthetic fraction used."""
+def training_items(
+    prepared: PreparedSet, synthetic_dirs: list[Path], fraction: float, seed: int
+) -> tuple[list[dict], list[dict]]:
+    """What a segmentation stage trains on: (the real training split, the seeded synthetic draw)."""
+    real = list(prepared.datalist["training"])
+    if not synthetic_dirs:
+        return real, []
+    mixed = mix_training(real, synthetic_items(list(synthetic_dirs), prepared.roi), fraction, seed)
+    return real, mixed[len(real) :]
+
+
+def synthetic_digest(items: list[dict[str, str]]) -> str:
+    """sha256 over the synthetic draw: each case's id and the bytes of its image and label files, in order.
+
+    Another sample folder, a folder sampled again, or another draw from it gives another digest.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(item["case_id"].rsplit("/", 1)[-1].encode() + b"\0")
+        for key in ("image", "label"):
+            digest.update(hashlib.sha256(Path(item[key]).read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _training_items(ctx: StageContext, synthetic: bool) -> tuple[list[dict], list[dict], float]:
+    """The real training cases, the synthetic draw and the synthetic fraction used."""
     seg, prepared = ctx.cfg.segmentation, ctx.prepared
-    real = prepared.datalist["training"]
-    if not real:
+    if not prepared.datalist["training"]:
         raise InputError(prepared.root / "datalist.json", "training split is empty")
     if not prepared.datalist["validation"]:
         raise InputError(
@@ -176,10 +202,8 @@ def _training_items(ctx: StageContext, synthetic: bool) -> tuple[list[dict], flo
             else "trains on real data only: drop --synthetic"
         )
         raise InputError("STAGE", f"{ctx.name} {need}")
-    if not synthetic:
-        return list(real), fraction
-    items = mix_training(real, synthetic_items(list(ctx.synthetic), prepared.roi), fraction, ctx.seed)
-    return items, fraction
+    real, drawn = training_items(prepared, list(ctx.synthetic), fraction, ctx.seed)
+    return real, drawn, fraction
 
 
 def recipe(ctx: StageContext) -> Recipe:
@@ -197,15 +221,17 @@ def recipe(ctx: StageContext) -> Recipe:
             prepared.root / "dataset.json",
             f"labels {prepared.labels} are liver-only: a multiclass model needs {LABELS}",
         )
-    items, fraction = _training_items(ctx, synthetic)
-    n_real = len(prepared.datalist["training"])
+    real, drawn, fraction = _training_items(ctx, synthetic)
+    items = real + drawn
     info = {
         "arch": arch,
         "task": task,
         "data": str(prepared.root),
         "synthetic": [str(p) for p in ctx.synthetic],
         "synthetic_fraction": fraction,
-        "training_cases": {"real": n_real, "synthetic": len(items) - n_real},
+        "training_cases": {"real": len(real), "synthetic": len(drawn)},
+        "synthetic_cases": [item["case_id"] for item in drawn],
+        "synthetic_digest": synthetic_digest(drawn),  # what Table II compares before reusing the cell
     }
     return Recipe(
         {NET: net},

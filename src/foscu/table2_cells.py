@@ -1,0 +1,146 @@
+"""What each Table II cell trained on: the check before a finished cell is reused, and the cell's record.
+
+A cell (arch x task x data x seed) is cached under a folder name that names neither the synthetic set nor
+the ratio. So before a real + synthetic cell that finished (or stopped half-way) is reused, the draw it
+recorded in its config.yaml (``synthetic_digest``: the drawn cases' ids and file bytes) and its
+``synthetic_fraction`` are compared with what this run asks for; a difference is refused, never reused.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from foscu.errors import InputError
+from foscu.runs import RunFolder
+
+if TYPE_CHECKING:
+    from foscu.config import FoscuConfig
+
+REUSE_KEYS = ("synthetic_fraction", "synthetic_digest")
+
+
+def requested_training(
+    cfg: FoscuConfig, prepared_root: Path, synthetic_dir: Path | None, seed: int
+) -> dict[str, Any]:
+    """The fraction and the digest of the draw a real + synthetic cell with ``seed`` trains on; {} for real.
+
+    The same draw as the stage's (``segmentation.train.training_items``), so equal digests mean equal data.
+    """
+    if synthetic_dir is None:
+        return {}
+    from foscu.data.prepare import read_prepared
+    from foscu.segmentation.train import synthetic_digest, training_items
+
+    fraction = cfg.segmentation.synthetic_fraction
+    _, drawn = training_items(read_prepared(Path(prepared_root)), [Path(synthetic_dir)], fraction, seed)
+    return {"synthetic_fraction": fraction, "synthetic_digest": synthetic_digest(drawn)}
+
+
+def _describe(values: dict[str, Any]) -> str:
+    digest = values.get("synthetic_digest")
+    drawn = f"the synthetic draw {digest[:12]}" if digest else "no recorded synthetic draw"
+    return f"synthetic_fraction {values.get('synthetic_fraction')} and {drawn}"
+
+
+def check_reusable(run: RunFolder, stage: str, requested: dict[str, Any]) -> None:
+    """Refuse to reuse (skip or resume) cell ``stage`` when it recorded another fraction or synthetic draw."""
+    if not requested:
+        return
+    path = run.config(stage)
+    recorded = yaml.safe_load(path.read_text()) if path.is_file() else None
+    recorded = recorded if isinstance(recorded, dict) else {}
+    if any(recorded.get(key) != requested[key] for key in REUSE_KEYS):
+        evaluation = run.evaluation / "seg" / f"{stage.split('/', 1)[-1]}.json"
+        raise InputError(
+            path,
+            f"this cell trained on {_describe(recorded)}, this run asks for {_describe(requested)}: "
+            f"remove {run.stage(stage)} and {evaluation} to retrain it, or use another run folder",
+        )
+
+
+def cell_record(run: RunFolder, stage: str, **keys: Any) -> dict[str, Any]:
+    """``keys`` (arch, task, data, seed) + what the finished cell trained on and when it was best."""
+    config = yaml.safe_load(run.config(stage).read_text()) or {}
+    metrics = json.loads(run.metrics(stage).read_text())
+    cases = config.get("training_cases") or {}
+    return {
+        **keys,
+        "folder": stage,
+        "real_cases": cases.get("real"),
+        "synthetic_cases": cases.get("synthetic"),
+        **{key: config.get(key) if keys.get("data") != "real" else None for key in REUSE_KEYS},
+        "steps": metrics.get("steps"),
+        "best_step": metrics.get("best_step"),  # None: trained before metrics.json recorded it
+        "stopped_early": metrics.get("stopped_early"),
+    }
+
+
+CELL_COLUMNS = ["arch", "task", "data", "seed", "real_cases", "synthetic_cases", "steps", "best_step"]
+CELL_COLUMNS += ["stopped_early", "synthetic_fraction", "synthetic_digest"]
+
+
+def cells_csv(cells: list[dict[str, Any]]) -> str:
+    """One line per cell (arch x task x data x seed), the columns of ``CELL_COLUMNS``."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CELL_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for cell in cells:
+        writer.writerow({k: "" if cell.get(k) is None else cell[k] for k in CELL_COLUMNS})
+    return buffer.getvalue()
+
+
+def cells_markdown(cells: list[dict[str, Any]]) -> str:
+    lines = [
+        "## Training per cell",
+        "",
+        "| Model | Segmentation | Data | Seed | Real cases | Synthetic cases | Steps | Best step | Stopped early |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for c in cells:
+        values = [c["arch"], c["task"], c["data"], c["seed"], c["real_cases"], c["synthetic_cases"]]
+        values += [c["steps"], c["best_step"], {True: "yes", False: "no"}.get(c["stopped_early"])]
+        lines.append("| " + " | ".join("n/a" if v is None else str(v) for v in values) + " |")
+    return "\n".join(lines)
+
+
+def counts_note(cells: list[dict[str, Any]]) -> str:
+    """The real and synthetic case counts the cells trained on, early stops and the shared synthetic set."""
+    if not cells:
+        return ""
+    parts = []
+    for data in ("real", "real+synthetic"):
+        mine = [c for c in cells if c["data"] == data]
+        counts = sorted({(c["real_cases"], c["synthetic_cases"]) for c in mine}, key=str)
+        if mine:
+            parts.append(f"{data}: " + ", ".join(f"{r} real + {s} synthetic" for r, s in counts))
+    text = "Training cases per cell (table2.json cells): " + "; ".join(parts) + "."
+    mixed = [c for c in cells if c["data"] == "real+synthetic" and c["real_cases"]]
+    mixed = [c for c in mixed if c["synthetic_fraction"] is not None and c["synthetic_cases"] is not None]
+    for c in {(c["real_cases"], c["synthetic_cases"], c["synthetic_fraction"]): c for c in mixed}.values():
+        asked = int(round(c["synthetic_fraction"] * c["real_cases"]))
+        ratio = c["synthetic_cases"] / c["real_cases"]
+        text += (
+            f" {c['synthetic_cases']} synthetic per {c['real_cases']} real cases is {ratio:.2f} per real case"
+        )
+        if c["synthetic_cases"] < asked:
+            text += (
+                f" (synthetic_fraction {c['synthetic_fraction']} asked for {asked}; the set holds only "
+                f"{c['synthetic_cases']})"
+            )
+        text += "."
+    if mixed:
+        digests = {c["synthetic_digest"] for c in mixed}
+        text += (
+            " Every seed trained on the same synthetic cases, drawn from one sampled set"
+            if len(digests) == 1
+            else " The seeds drew different synthetic cases from one sampled set"
+        )
+        text += ", so the intervals leave out the generator's sampling variance."
+    stopped = sum(bool(c["stopped_early"]) for c in cells)
+    return text + f" Stopped early: {stopped} of {len(cells)} cells (best step per cell: table2.md)."
