@@ -29,7 +29,9 @@ Checks, in order (each later one needs the earlier ones):
    batch), and ``torch.backends.cudnn.benchmark`` (cuDNN picks its fastest convolution per shape; FOSCU
    leaves it off) for the image VAE and the image LDM; sampling under bf16 autocast (FOSCU samples in
    fp32): seconds per pair, and how far the same seeds' pairs move (mean absolute image difference,
-   fraction of equal label voxels). Ratios, not decisions: a lever is kept only where
+   fraction of equal label voxels); and two image-VAE variants, the structure-weighted reconstruction
+   (``structure_weight`` 10) and MAISI's autoencoder at its published width (``pretrained: maisi``, from
+   scratch), each its it/s and peak memory against the preset's image VAE. Ratios, not decisions: a lever is kept only where
    it is faster and its loss agrees.
 
 The first line (``env``) names the device, torch, CUDA and MONAI. A failing check prints its ``error``
@@ -116,9 +118,11 @@ class Plan:
 
     def with_batch(self, section: str, batch_size: int) -> Plan:
         """The same plan with ``section``'s batch size changed (the batch-size lever)."""
-        return Plan(
-            self.preset, self.warmup, self.steps, [*self.extra, f"{section}.train.batch_size={batch_size}"]
-        )
+        return self.with_settings([f"{section}.train.batch_size={batch_size}"])
+
+    def with_settings(self, overrides: list[str]) -> Plan:
+        """The same plan with more config overrides (a variant of a stage)."""
+        return Plan(self.preset, self.warmup, self.steps, [*self.extra, *overrides])
 
 
 def _resumed_rate(folder: Path) -> float:
@@ -261,6 +265,28 @@ def check_batch_lever(
     return out
 
 
+# image-VAE variants timed against the preset's image VAE: the structure-weighted reconstruction and
+# MAISI's autoencoder at its published width (GPU) or a CPU-sized one (dry run)
+VARIANTS = {
+    "structure_weight 10": ["image_vae.structure_weight=10"],
+    "maisi": ["image_vae.pretrained=maisi"],
+}
+DRY_MAISI = ['image_vae.maisi={"num_channels": [8, 8, 8], "num_res_blocks": [1, 1, 1], "norm_num_groups": 4}']
+
+
+def check_variant(
+    name: str, base: dict[str, Any] | None, plan: Plan, prepared: Path, run: Path, device: Any, dry: bool
+) -> dict[str, Any]:
+    """The image VAE with variant ``name``'s settings into a folder beside it: it/s and memory against it."""
+    overrides = VARIANTS[name] + (DRY_MAISI if dry and name == "maisi" else [])
+    folder = "image-vae-" + name.replace(" ", "-")
+    line = check_stage("image-vae", plan.with_settings(overrides), prepared, run, device, folder)
+    out = {"lever": f"image-vae {name}", **line}
+    if base is not None:
+        out["ratio_it_per_s"] = round(line["it_per_s"] / base["it_per_s"], 3)
+    return out
+
+
 def check_cudnn_lever(
     stage: str, base: dict[str, Any] | None, plan: Plan, prepared: Path, run: Path, device: Any
 ) -> dict[str, Any]:
@@ -372,6 +398,12 @@ def run_checks(work: Path, dry: bool, warmup: int, steps: int, budget_s: float, 
 
             checks += [("lever", batch_lever), ("lever", cudnn_lever)]
         checks.append(("lever", lambda: check_sample_bf16_lever(plan.timed, run, work, device)))
+        for variant in VARIANTS:
+
+            def variant_check(v: str = variant) -> dict[str, Any]:
+                return check_variant(v, trained.get("image-vae"), plan, prepared, run, device, dry)
+
+            checks.append(("lever", variant_check))
     common = {"device": str(device), "preset": size["preset"], "shape": list(size["shape"])}
     failed = 0
     for name, check in checks:

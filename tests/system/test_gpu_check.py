@@ -83,7 +83,9 @@ def test_levers_print_a_ratio_against_their_base(gpu_check, tmp_path, capsys):
         gpu_check.main(["--cpu-dry", "--levers", "--work", str(tmp_path / "work"), "--budget-s", "600"]) == 0
     )
     levers = [line for line in _lines(capsys) if line["check"] == "lever"]
-    *levers, bf16 = levers
+    *levers, bf16, weighted, maisi = levers
+    assert weighted["lever"] == "image-vae structure_weight 10" and weighted["ratio_it_per_s"] > 0
+    assert maisi["lever"] == "image-vae maisi" and maisi["ratio_it_per_s"] > 0
     assert bf16["lever"] == "sample bf16 autocast" and bf16["seconds_per_pair"] > 0
     assert 0 <= bf16["image_mean_abs_diff"] < 0.1 and 0.5 < bf16["label_voxels_equal"] <= 1
     assert [line["lever"] for line in levers] == [
