@@ -68,10 +68,12 @@ class NoveltyCheck:
         (``novelty`` and, where ``sample`` cleans, ``cleaning``)."""
         labels, cleaning = sample(seeds)
         dice, nearest = self.overlap(labels)
-        records = [
-            {"novelty": self._row(float(d), int(k), 1, seed), **({"cleaning": c} if cleaning else {})}
-            for d, k, seed, c in zip(dice, nearest, seeds, cleaning or [None] * len(seeds), strict=True)
+        records: list[dict[str, Any]] = [
+            {"novelty": self._row(float(d), int(k), 1, seed)}
+            for d, k, seed in zip(dice, nearest, seeds, strict=True)
         ]
+        for record, c in zip(records, cleaning or [], strict=False):
+            record["cleaning"] = c
         for attempt in range(1, self.tries):
             flagged = [j for j in range(len(seeds)) if dice[j] > self.threshold]
             if not flagged:
