@@ -249,6 +249,8 @@ class DiffusionStage(GenerativeStage):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     # epsilon: the paper's eq. 1 (sampled with ddpm or ddim); rflow: rectified flow (velocity), sampled with rflow
     objective: Literal["epsilon", "rflow"] = "epsilon"
+    # train on each case and this many small random affine copies of it (generative/latent_augment.py)
+    augment_copies: int = Field(0, ge=0, le=32)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @field_validator("unet")
@@ -265,6 +267,7 @@ class ControlNetStage(GenerativeStage):
     )
     conditioning_embedding_num_channels: list[int] = Field(default_factory=lambda: [16, 32])
     class_weights: dict[str, float] | None = None  # e.g. {tumor: 100}, as MAISI weights small structures
+    augment_copies: int = Field(0, ge=0, le=32)  # as DiffusionStage's: label and image copy k deform alike
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
@@ -284,6 +287,10 @@ class SampleConfig(Section):
     # components below min_tumor_ml (the smallest real tumor: 2 mL in the proof set) and detached vessels out
     clean_labels: bool = False
     min_tumor_ml: float = Field(2.0, gt=0)
+    # redraw a sampled label whose liver overlaps a training liver more than any held-out case's does, up to
+    # novelty_tries draws in all (generative/novelty.py; needs the run's prepared set: `foscu sample --run`)
+    novelty: bool = False
+    novelty_tries: int = Field(4, ge=1)
 
 
 class ExperimentConfig(Section):

@@ -9,6 +9,7 @@ them in order); each reads what earlier steps left in the run folder and writes 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
@@ -127,24 +128,30 @@ class Evidence:
         affines = {c: read_nifti(label, label=True).affine for c, (_, label) in self.test_files().items()}
         self._reconstruct(images, self.run.ladder("vae"), affines)
 
-    def _reconstruct(
-        self, images: dict[str, np.ndarray], out: Path, affines: dict[str, np.ndarray] | None = None
-    ) -> None:
+    def reconstructions(self, images: dict[str, np.ndarray]) -> Iterator[tuple[str, np.ndarray]]:
+        """(case id, image-VAE reconstruction in [0, 1]) of each image, one at a time."""
         import torch
 
-        from foscu.data.layout import image_path, write_dataset_json
-        from foscu.data.nifti import write_nifti
         from foscu.engine import distributed
         from foscu.generative.autoencoders import decode, encode
         from foscu.stages import load_stage
 
         device = distributed.current().device
         vae = load_stage(self.run, "image-vae")[0]["autoencoder"].to(device)
-        affine = np.diag([*self.prepared.spacing, 1.0])
-        with atomic_folder(out, overwrite=True) as tmp, torch.no_grad():
+        with torch.no_grad():
             for case_id, image in images.items():
                 x = torch.from_numpy(image)[None, None].to(device)  # (1, 1, X, Y, Z)
-                recon = decode(vae, encode(vae, x)[0]).float().clamp(0, 1)[0, 0].cpu().numpy()
+                yield case_id, decode(vae, encode(vae, x)[0]).float().clamp(0, 1)[0, 0].cpu().numpy()
+
+    def _reconstruct(
+        self, images: dict[str, np.ndarray], out: Path, affines: dict[str, np.ndarray] | None = None
+    ) -> None:
+        from foscu.data.layout import image_path, write_dataset_json
+        from foscu.data.nifti import write_nifti
+
+        affine = np.diag([*self.prepared.spacing, 1.0])
+        with atomic_folder(out, overwrite=True) as tmp:
+            for case_id, recon in self.reconstructions(images):
                 write_nifti(image_path(tmp, case_id), recon, (affines or {}).get(case_id, affine))
             write_dataset_json(
                 tmp, "FOSCU image-VAE reconstructions", len(images), labels=self.prepared.labels
@@ -239,13 +246,12 @@ class Evidence:
         write_json_atomic(self.run.evidence("diversity"), {"rows": rows, "note": "MS-SSIM over random pairs"})
 
     def _memorization(self, synthetic: list[np.ndarray]) -> None:
-        from foscu.data.layout import case_files
-        from foscu.evaluation.fidelity import memorization_audit
+        from foscu.evaluation.memorization import run_audit
 
-        ids = list(case_files(self.run.samples, "images"))  # the order read_volumes read them in
-        # validation + test: patients the generator never saw set the near-copy threshold
-        held_out = {**self._split_images("validation"), **self._split_images("test")}
-        audit = memorization_audit(dict(zip(ids, synthetic, strict=True)), self.real_training, held_out)
+        # validation + test: patients never trained on set the thresholds, their images through the image VAE
+        held = {**self._split_images("validation"), **self._split_images("test")}
+        decoded = dict(self.reconstructions(held))
+        audit = run_audit(self.prepared, self.run.samples, synthetic, self.real_training, held, decoded)
         write_json_atomic(self.run.evidence("memorization"), audit)
 
     # ------------------------------------------------------------ the fidelity ladder

@@ -28,7 +28,7 @@ from foscu.engine import distributed, frozen
 from foscu.engine.checkpoint import load_weights
 from foscu.engine.loop import FitResult, Recipe, fit
 from foscu.errors import InputError
-from foscu.generative import autoencoders, controlnet, diffusion, latents
+from foscu.generative import autoencoders, controlnet, diffusion, latent_augment, latents
 from foscu.labels import Task, check_task
 from foscu.runs import CONFIG, MODEL, RunFolder, seg_stage, write_json_atomic, write_text_atomic
 from foscu.segmentation import train as segmentation
@@ -92,7 +92,9 @@ def stage_context(
     synthetic: tuple[Path, ...] = (),
     synthetic_fraction: float | None = None,
 ) -> StageContext:
-    """The context stage ``name``'s recipe reads: its settings, and earlier stages through this module."""
+    """The context stage ``name``'s recipe reads: its settings, and earlier stages through this module (the
+    latent caches with the section's ``augment_copies``, where it has them)."""
+    copies = getattr(getattr(cfg, spec_for(name).section), "augment_copies", 0)
     return StageContext(
         name,
         cfg,
@@ -103,19 +105,21 @@ def stage_context(
         seed,
         load=partial(load_stage, run),
         info=lambda stage: read_stage_info(run.stage(stage)),
-        latents=partial(latent_cache, run, prepared, seed),
+        latents=partial(latent_cache, run, prepared, seed, copies=copies),
         synthetic=synthetic,
         synthetic_fraction=synthetic_fraction,
     )
 
 
-def latent_cache(run: RunFolder, prepared: PreparedSet, seed: int, encoder: str) -> Path:
-    """RUN/latents/<kind>.safetensors from the encoder now in the run (built once, reused later)."""
+def latent_cache(run: RunFolder, prepared: PreparedSet, seed: int, encoder: str, copies: int = 0) -> Path:
+    """RUN/latents/<kind>.safetensors from the encoder now in the run (built once, reused later); with
+    ``copies`` augmented copies of each training case: RUN/latents/<kind>-aug<copies>.safetensors."""
     kind = spec_for(encoder).latents
     assert kind is not None, f"{encoder} is not an encoder"
-    path, model = run.latents(kind), run.model(encoder)
+    path = run.latents(f"{kind}-aug{copies}" if copies else kind)
+    model, augmentation = run.model(encoder), latent_augment.settings(copies, seed) if copies else None
     dist = distributed.current()
-    if dist.is_main and not latents.cache_is_current(path, model):
+    if dist.is_main and not latents.cache_is_current(path, model, augmentation):
         nets, _, info = load_stage(run, encoder)
         latents.build_cache(
             path,
@@ -126,6 +130,8 @@ def latent_cache(run: RunFolder, prepared: PreparedSet, seed: int, encoder: str)
             len(prepared.labels),
             dist.device,
             seed,
+            copies,
+            prepared.spacing,
         )
     distributed.barrier()
     return path
@@ -209,6 +215,7 @@ BUDGET = ("steps", "epochs")  # train settings a resume may change: it may train
 # folder recorded without them resumes under a config that leaves them so
 ADDED: dict[str, Any] = {
     "keep_best": False,
+    "augment_copies": 0,
     "structure_weight": 0.0,
     **{"pretrained": None, "maisi": {}, "weights": None, "freeze": False, "intensity": None},  # MAISI
 }

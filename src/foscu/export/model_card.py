@@ -51,6 +51,8 @@ def _memorization(found: dict[str, Any]) -> dict[str, Any]:
         "held_out_cases": found["held_out_nearest_training"]["n"],
         "synthetic_max_correlation": found["synthetic_nearest_real"]["max"],
         "method": found["method"],
+        "calibration": found.get("calibration", "held-out real images"),
+        "label_near_copies": found.get("labels", {}).get("near_copies"),
     }
 
 
@@ -82,7 +84,13 @@ def novelty(evidence: dict[str, Any]) -> dict[str, Any]:
         "text": f"No novelty check was run at export; the run's memorization audit found {mem['near_copies']} "
         f"near copies among {mem['samples']} samples (correlation with the nearest training image above "
         f"{mem['threshold']:.4f}, the {mem['percentile']:g}th percentile of {mem['held_out_cases']} "
-        "held-out real cases).",
+        f"held-out cases: {mem['calibration']})"
+        + (
+            f"; {mem['label_near_copies']} whose liver overlaps a training liver more than any held-out "
+            "case's does."
+            if mem["label_near_copies"] is not None
+            else "."
+        ),
     }
 
 

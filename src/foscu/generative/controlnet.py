@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from foscu.config import ControlNetStage, FoscuConfig
-from foscu.data.loaders import LatentSet, load_split, one_hot
+from foscu.data.loaders import LatentSet, one_hot
 from foscu.engine.loop import Recipe
 from foscu.errors import InputError
 from foscu.generative import diffusion, latents
@@ -207,7 +207,7 @@ def recipe(ctx: StageContext) -> Recipe:
     downsamples = ctx.info("image-vae")["downsamples"]
     cache, meta = latents.read_cache(ctx.latents("image-vae"))
     scale, latent_shape = float(ldm_meta["scale_factor"]), tuple(cache["training"]["mean"].shape[2:])
-    extras = {s: {"labels": load_split(ctx.prepared, s).labels} for s in latents.SPLITS}
+    extras = {s: {"labels": latents.cached_labels(ctx.prepared, s, meta)} for s in latents.SPLITS}
     label_latent_channels = 0
     if stage.condition == "label_latent":
         for split, label_latent in _label_latents(ctx, meta, latent_shape).items():

@@ -101,8 +101,9 @@ def write_rank_records(folder: Path, rank: int, records: dict[str, dict]) -> Non
 
 
 def merge_rank_records(folder: Path, cases: dict[str, dict]) -> None:
-    """Every rank's records into ``cases`` (``samples.json``'s), the rank files removed."""
+    """Every rank's per-case records (``cleaning``, ``novelty``) into ``cases`` (``samples.json``'s), the rank
+    files removed."""
     for part in sorted(folder.glob(".cleaning-rank*.json")):
         for case_id, record in json.loads(part.read_text()).items():
-            cases[case_id]["cleaning"] = record
+            cases[case_id].update(record)
         part.unlink()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from foscu.errors import InputError
 from foscu.generative import autoencoders, controlnet, diffusion, label_cleaning
 from foscu.generative.decoding import decode_volume, unit_range
 from foscu.generative.given_labels import Given, read_label_folder
+from foscu.generative.novelty import NoveltyCheck, draw_labels, for_sampling
 from foscu.generative.schedulers import sampling_scheduler
 from foscu.runs import RunFolder, RunPath, as_run, write_json_atomic
 
@@ -55,6 +57,7 @@ class Pipeline:
     labels: dict[str, int] = field(default_factory=dict)
     decode_patch: list[int] | None = None
     min_tumor_ml: float | None = None  # set: sampled labels are cleaned (generative/label_cleaning.py)
+    novelty: NoveltyCheck | None = None  # set: near copies of training labels are redrawn
 
 
 def _latent_model(run: RunFolder, ldm: str, device: torch.device) -> tuple[LatentModel, dict[str, Any]]:
@@ -294,7 +297,7 @@ def _write_cases(
     progress: str | None,
 ) -> dict[str, dict]:
     """Sample ``cases`` batch by batch into ``folder`` (nnU-Net layout); ``progress``: the progress bar's
-    title (None: no bar). Returns each cleaned label's record (none when labels are not cleaned)."""
+    title (None: no bar). Returns each sampled label's cleaning and novelty records (none when neither runs)."""
     from foscu.data.layout import image_path, label_path
     from foscu.data.nifti import write_nifti
     from foscu.engine.tracking import progress_bar
@@ -306,9 +309,10 @@ def _write_cases(
             labels = None
             if given is not None:
                 labels = torch.from_numpy(np.stack([given[i][1] for _, i, _ in chunk]).astype(np.int64))
-            elif pipe.label is not None and pipe.min_tumor_ml is not None:
-                labels, records = sample_labels(pipe, [s for _, _, s in chunk], sampler, steps)
-                cleaning.update({case_id: r for (case_id, _, _), r in zip(chunk, records or [], strict=True)})
+            elif pipe.label is not None and (pipe.min_tumor_ml is not None or pipe.novelty is not None):
+                draw = partial(sample_labels, pipe, sampler=sampler, steps=steps)
+                labels, records = draw_labels(pipe.novelty, draw, [s for _, _, s in chunk])
+                cleaning.update({case_id: r for (case_id, _, _), r in zip(chunk, records, strict=True)})
             images, label_maps = generate_batch(pipe, [s for _, _, s in chunk], sampler, steps, labels)
             for j, (case_id, i, _) in enumerate(chunk):
                 case_affine = given[i][2] if given is not None else affine
@@ -345,6 +349,7 @@ def generate(
     pipe, steps_run, given = _checked_pipeline(run, model, controlnet_folder, sampler, steps, labels_dir)
     pipe.decode_patch = decode_patch
     pipe.min_tumor_ml = _min_tumor_ml(as_run(run_root), model, given is not None)
+    pipe.novelty, novelty_record = for_sampling(as_run(run_root), model, given is not None)
     cases = _cases(n, seed, given)
     if out.exists() and any(out.iterdir()):
         raise InputError(out, "output folder exists and is not empty (choose another or remove it)")
@@ -374,6 +379,7 @@ def generate(
                 "world_size": dist.world_size,
                 "cases": per_case,
                 "label_cleaning": pipe.min_tumor_ml and label_cleaning.settings(pipe.min_tumor_ml),
+                "novelty": novelty_record,
             }
             write_json_atomic(tmp / "samples.json", record)
             tmp.rename(out)
