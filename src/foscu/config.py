@@ -15,6 +15,7 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from foscu.config_scarcity import ScarcityConfig
 from foscu.errors import InputError
 from foscu.labels import TASKS, Task
 
@@ -346,6 +347,7 @@ class FoscuConfig(Section):
     segmentation: SegmentationConfig = Field(default_factory=SegmentationConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
+    scarcity: ScarcityConfig = Field(default_factory=ScarcityConfig)
 
     @model_validator(mode="after")
     def _check(self) -> FoscuConfig:
