@@ -255,8 +255,10 @@ def test_the_curve_is_no_step_unless_the_config_lists_counts(tiny_prepared, tmp_
     cfg = load_config("tiny", ["scarcity.n=[0, all]"])
     steps = {s.name: s for s in Protocol(cfg, tiny_prepared, tmp_path / "run").steps()}
     assert steps["data-scarcity curve"].group == "scarcity"
-    assert load_config("proof").scarcity.n == [0, 5, 10, 21, "all"]
-    assert load_config("demo").scarcity.own_generator_n is None and not load_config("demo").scarcity.n
+    curve = load_config("scarcity")  # the proof preset with its curve
+    assert curve.scarcity.n == [0, 5, 10, 21, "all"] and curve.scarcity.own_generator_n == 10
+    for preset in ("tiny", "demo", "proof"):
+        assert not load_config(preset).scarcity.n and load_config(preset).scarcity.own_generator_n is None
 
 
 def test_the_subset_prepared_set_holds_only_its_training_cases(tiny_prepared, tmp_path):
