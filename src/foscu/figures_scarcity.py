@@ -30,12 +30,13 @@ def figure_scarcity(result: dict[str, Any]) -> bytes:
     plt = _pyplot()
     metrics = [m for m in METRICS if m in result["curve"]]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.8), squeeze=False)
+    span = max(result["n"], default=1) or 1
     for ax, name in zip(axes[0], metrics, strict=True):
-        for arm, style in STYLE.items():
+        for k, (arm, style) in enumerate(STYLE.items()):
             points = [p for p in result["curve"][name] if p["arm"] == arm and p["mean"] is not None]
             if not points:
                 continue
-            xs = np.array([p["n"] for p in points], dtype=float)
+            xs = np.array([p["n"] for p in points], dtype=float) + (k - 1) * 0.012 * span  # arms side by side
             ys = np.array([p["mean"] for p in points], dtype=float)
             bounds = [_interval(p) or [p["mean"], p["mean"]] for p in points]
             err = np.array(
@@ -50,10 +51,11 @@ def figure_scarcity(result: dict[str, Any]) -> bytes:
         ax.set_ylabel(f"{METRICS[name]} (test)")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left")
     fig.suptitle(
-        f"Data scarcity: {result['synthetic_cases']} synthetic pairs at every n, seeds {result['seeds']}",
-        fontsize=10,
+        f"Data scarcity: {result['synthetic_cases']} synthetic pairs at every n, seeds {result['seeds']}; "
+        "bars: 95 % t-interval over seeds (one seed: bootstrap over test cases)",
+        fontsize=9,
     )
     fig.tight_layout()
     return png_bytes(fig)
@@ -89,7 +91,7 @@ def scarcity_sentences(result: dict[str, Any]) -> list[str]:
     lines = [f"Generator: {result['generator']}; {result['synthetic_cases']} of its pairs at every n."]
     for name, label in METRICS.items():
         for w in result["worth"].get(name, []):
-            lines.append(f"{label.capitalize()}: {w['sentence']}.")
+            lines.append(f"{label[0].upper()}{label[1:]}: {w['sentence']}.")
     helped = [w for ws in result["worth"].values() for w in ws if w["kind"] in ("worth", "more_than_all")]
     if not helped:
         lines.append("Synthetic pairs did not help at any n of this curve (see the numbers above).")

@@ -206,7 +206,7 @@ def summarise(
             continue
         real = {p["n"]: p["mean"] for p in curve[name] if p["arm"] == "real"}
         worth[name] = []
-        for p in (p for p in curve[name] if p["arm"] != "real"):
+        for p in sorted((p for p in curve[name] if p["arm"] != "real"), key=lambda p: p["arm"] == OWN_ARM):
             diff = next((d for d in difference[name] if (d["n"], d["arm"]) == (p["n"], p["arm"])), None)
             kind, text, value = worth_sentence(
                 p["n"], real, p["mean"], SENTENCE_METRICS[name], n_training, diff
@@ -220,7 +220,13 @@ def summarise(
 
 
 def _note(
-    n_training: int, counts: list[int], seeds: list[int], count: int, samples: Path, resamples: int
+    n_training: int,
+    counts: list[int],
+    seeds: list[int],
+    count: int,
+    samples: Path,
+    resamples: int,
+    own: int | None = None,
 ) -> str:
     return (
         f"Segmenters trained on n of the {n_training} real training cases (n = {counts}; each seed's nested "
@@ -233,6 +239,14 @@ def _note(
         "seeds (each seed scored on the same resampled cases; a difference pairs the two arms case by case). "
         "'Worth about': the n at which the real-only curve, linear between measured points, reaches the "
         "mixed arm's Dice."
+        + (
+            f" own-generator: the generator trained again on the first seed's {own} cases only "
+            "(RUN/scarcity/own-generator-n<k>/), the same pair count sampled from it; every seed trains on "
+            "those same cases (the user has only them), so its pairing with real-only by seed is by seed "
+            "number, not by cases, except for the first seed."
+            if own is not None
+            else ""
+        )
     )
 
 
@@ -275,7 +289,7 @@ def run_scarcity(
         )
     records = [cell_record(cfg, c, score_cell(cfg, c, progress)) for c in cells]
     result = {
-        "note": _note(len(training), counts, seeds, count, samples, sc.bootstrap),
+        "note": _note(len(training), counts, seeds, count, samples, sc.bootstrap, sc.own_generator_n),
         "generator": f"trained once on the whole training split ({len(training)} cases) of this run",
         "n_training": len(training),
         "n_requested": list(sc.n),
