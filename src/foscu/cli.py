@@ -354,7 +354,7 @@ def experiment(
     overrides: Annotated[list[str] | None, typer.Option("--set", help="override: key.sub=value")] = None,
     only: Annotated[
         list[str] | None,
-        typer.Option("--only", help="step groups: train, sample, table1, fidelity, table2, report"),
+        typer.Option("--only", help="step groups: train, sample, table1, fidelity, table2, scarcity, report"),
     ] = None,
 ) -> None:
     """The paper's whole protocol: every stage, sampling, Tables I and II, fidelity, report (resumable)."""

@@ -15,10 +15,11 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from foscu.config_scarcity import ScarcityConfig
 from foscu.errors import InputError
 from foscu.labels import TASKS, Task
 
-PRESETS = ("tiny", "demo", "proof", "paper")
+PRESETS = ("tiny", "demo", "proof", "paper", "scarcity")
 
 Sampler = Literal["ddpm", "ddim", "rflow"]
 SAMPLERS: tuple[Sampler, ...] = get_args(Sampler)
@@ -353,6 +354,7 @@ class FoscuConfig(Section):
     segmentation: SegmentationConfig = Field(default_factory=SegmentationConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
+    scarcity: ScarcityConfig = Field(default_factory=ScarcityConfig)
 
     @model_validator(mode="after")
     def _check(self) -> FoscuConfig:
@@ -391,13 +393,17 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def read_raw(source: str) -> dict[str, Any]:
-    """A preset name or a YAML file path -> raw dict."""
+def read_raw(source: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A preset name or a YAML file path -> raw dict (``base:`` resolved, config_base.py)."""
+    from foscu.config_base import with_base
+
+    if source in _seen:
+        raise InputError(source, f"base: {' -> '.join((*_seen, source))} builds on itself")
     if source in PRESETS:
         text = resources.files("foscu.presets").joinpath(f"{source}.yaml").read_text()
         raw = yaml.safe_load(text)
         raw.setdefault("preset", source)
-        return raw
+        return with_base(raw, source, PRESETS, lambda base: read_raw(base, (*_seen, source)))
     path = Path(source)
     if not path.is_file():
         raise InputError(path, f"no such config file (presets are {', '.join(PRESETS)})")
@@ -407,7 +413,7 @@ def read_raw(source: str) -> dict[str, Any]:
         raise InputError(path, f"not valid YAML ({err})") from None
     if not isinstance(raw, dict):
         raise InputError(path, "a config file must be a YAML mapping")
-    return raw
+    return with_base(raw, source, PRESETS, lambda base: read_raw(base, (*_seen, source)))
 
 
 def load_config(source: str, overrides: list[str] | None = None) -> FoscuConfig:

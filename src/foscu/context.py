@@ -43,6 +43,8 @@ class StageContext:
     latents: Callable[[str], Path]  # RUN/latents/<kind>.safetensors of an encoder stage, built once
     synthetic: tuple[Path, ...] = ()  # segmentation: synthetic sets joining the training split
     synthetic_fraction: float | None = None
+    real_cases: tuple[str, ...] | None = None  # segmentation: a subset of the training split (None: all)
+    synthetic_count: int | None = None  # segmentation: this many synthetic cases, whatever the real count
 
     @property
     def section(self) -> Any:

@@ -2,7 +2,7 @@
 
 Every step names the files it makes; a step whose outputs exist is skipped, so an interrupted experiment
 resumes where it stopped, and ``only`` selects a subset by group (train, sample, table1, fidelity, table2,
-report). Steps talk only through files in the run folder; the evaluation steps are in evidence.py.
+scarcity, report); the data-scarcity curve (scarcity.py) is a step only where ``scarcity.n`` lists counts. Steps talk only through files in the run folder; the evaluation steps are in evidence.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from foscu.evidence import CONDITIONS, Evidence
 from foscu.runs import RunFolder, write_json_atomic
 from foscu.stages import STAGES
 
-GROUPS = ("train", "sample", "table1", "fidelity", "table2", "report")
+GROUPS = ("train", "sample", "table1", "fidelity", "table2", "scarcity", "report")
 BASELINE_STAGES = ("vqvae", "vqvae-ldm")  # Table I's 3D-LDM w/ VQ-VAE
 # the training order: Duo-Diffusion's stages as the stage table lists them, then the VQ-VAE baseline's
 GENERATIVE_STAGES = (*(s for s in STAGES if s != "seg" and s not in BASELINE_STAGES), *BASELINE_STAGES)
@@ -110,6 +110,7 @@ class Protocol:
             Step("fidelity ladder", "fidelity", [run.evidence("ladder")], ev.ladder),
             Step("label realism", "fidelity", [run.evidence("label_realism")], ev.label_realism),
             Step("Table II (segmentation grid)", "table2", [run.evidence("table2")], self._table2),
+            *self._scarcity_steps(),
             Step("report", "report", [], self._report),
         ]
 
@@ -195,6 +196,15 @@ class Protocol:
         from foscu.table2 import run_table2
 
         run_table2(self.cfg, self.data, self.run.root, self.run.samples)
+
+    def _scarcity_steps(self) -> list[Step]:
+        """The data-scarcity curve, where the config lists counts (its cells resume one by one)."""
+        if not self.cfg.scarcity.n:
+            return []
+        from foscu.scarcity import run_scarcity
+
+        action = partial(run_scarcity, self.cfg, self.data, self.run.root, self.progress)
+        return [Step("data-scarcity curve", "scarcity", [self.run.evidence("scarcity")], action)]
 
     def _report(self) -> Path:
         from foscu.report import build_report

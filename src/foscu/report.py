@@ -223,6 +223,11 @@ def build_report(run: Path) -> tuple[Path, Path]:
     if summary:
         report.bullets("What this run shows", summary)
     _evidence_tables(report, evidence, experiment.get("timings"))
+    scarcity = _load_json(folder.evidence("scarcity"))
+    if scarcity:  # the data-scarcity curve: sentences, table and figure (figures_scarcity.py)
+        from foscu.figures_scarcity import add_to_report
+
+        add_to_report(report, scarcity)
     _evidence_figures(report, folder, evidence, experiment)
     return _write(folder, experiment, report)
 

@@ -91,6 +91,8 @@ def stage_context(
     seed: int,
     synthetic: tuple[Path, ...] = (),
     synthetic_fraction: float | None = None,
+    real_cases: tuple[str, ...] | None = None,
+    synthetic_count: int | None = None,
 ) -> StageContext:
     """The context stage ``name``'s recipe reads: its settings, and earlier stages through this module (the
     latent caches with the section's ``augment_copies``, where it has them)."""
@@ -108,6 +110,8 @@ def stage_context(
         latents=partial(latent_cache, run, prepared, seed, copies=copies),
         synthetic=synthetic,
         synthetic_fraction=synthetic_fraction,
+        real_cases=real_cases,
+        synthetic_count=synthetic_count,
     )
 
 
@@ -268,12 +272,15 @@ def train_stage(
     seed: int | None = None,
     synthetic: list[Path] | None = None,
     synthetic_fraction: float | None = None,
+    real_cases: list[str] | None = None,
+    synthetic_count: int | None = None,
 ) -> FitResult:
     """Train stage ``name`` into ``RUN/<folder_name or name>/`` through the one engine.
 
     ``folder_name`` lets ablations sit side by side (``controlnet-label_latent``); ``seed`` (default
     ``cfg.seed``) seeds weights, batch order and augmentation; ``synthetic`` sets join a segmentation
-    stage's training split, ``synthetic_fraction`` synthetic cases per real one.
+    stage's training split, ``synthetic_fraction`` synthetic cases per real one; ``real_cases`` (case ids)
+    keeps a subset of the real training split and ``synthetic_count`` draws that many synthetic cases.
     """
     spec = spec_for(name)
     dist = distributed.setup()
@@ -287,7 +294,16 @@ def train_stage(
     check_resume(run, folder, section, resume)
     torch.manual_seed(seed)
     ctx = stage_context(
-        name, cfg, prepared, run, dist.device, seed, tuple(synthetic or ()), synthetic_fraction
+        name,
+        cfg,
+        prepared,
+        run,
+        dist.device,
+        seed,
+        tuple(synthetic or ()),
+        synthetic_fraction,
+        None if real_cases is None else tuple(real_cases),
+        synthetic_count,
     )
     recipe = spec.recipe(ctx)
     info = {
@@ -329,18 +345,24 @@ def train_segmenter(
     resume: bool = False,
     progress: bool = True,
     seed: int | None = None,
+    *,
+    real_cases: list[str] | None = None,
+    synthetic_count: int | None = None,
 ) -> tuple[Path, FitResult]:
-    """Train ``arch`` for ``task`` as stage ``seg/<arch>-<task>-<real|real+synthetic>[-seed<k>]`` of the run.
+    """Train ``arch`` for ``task`` as stage ``seg/<arch>-<task>-<real|real+synthetic>[-n<k>][-seed<k>]``.
 
     Synthetic sets (nnU-Net layout) join the training split only, ``synthetic_fraction`` synthetic cases
     per real training case (default: the config's). ``seed`` (default: the config's) seeds weights, batch
     order, augmentation and the synthetic draw; another seed than the config's trains into
-    ``...-seed<seed>/``. Returns the stage folder and the engine's result.
+    ``...-seed<seed>/``. ``real_cases`` (case ids of the training split) trains on those real cases only,
+    into ``...-n<len(real_cases)>...`` (an empty list: synthetic cases only); ``synthetic_count`` draws that
+    many synthetic cases at any real count instead of the fraction. Returns the stage folder and the
+    engine's result.
     """
     check_task(task)
-    name = seg_stage(
-        run_name(arch, task, bool(synthetic), None if seed is None or seed == cfg.seed else seed)
-    )
+    other_seed = None if seed is None or seed == cfg.seed else seed
+    n = None if real_cases is None else len(real_cases)
+    name = seg_stage(run_name(arch, task, bool(synthetic), other_seed, n))
     result = train_stage(
         name,
         cfg,
@@ -351,5 +373,7 @@ def train_segmenter(
         seed=seed,
         synthetic=synthetic,
         synthetic_fraction=synthetic_fraction,
+        real_cases=real_cases,
+        synthetic_count=synthetic_count,
     )
     return RunFolder(run_folder).stage(name), result

@@ -27,12 +27,14 @@ if TYPE_CHECKING:
     from foscu.data.prepare import PreparedSet
 
 
-def run_name(arch: str, task: Task, synthetic: bool, seed: int | None = None) -> str:
-    """``<arch>-<task>-<real|real+synthetic>[-seed<k>]``: the folder under RUN/seg/.
+def run_name(arch: str, task: Task, synthetic: bool, seed: int | None = None, n: int | None = None) -> str:
+    """``<arch>-<task>-<real|real+synthetic>[-n<k>][-seed<k>]``: the folder under RUN/seg/.
 
-    ``seed`` only for a run trained with another seed than the config's (Table II's extra seeds).
+    ``seed`` only for a run trained with another seed than the config's (Table II's extra seeds); ``n`` only
+    for a run on a subset of ``n`` real training cases (the data-scarcity curve).
     """
     name = f"{arch}-{task}-{'real+synthetic' if synthetic else 'real'}"
+    name = name if n is None else f"{name}-n{n}"
     return name if seed is None else f"{name}-seed{seed}"
 
 
@@ -124,25 +126,45 @@ def synthetic_items(dirs: list[Path], roi: tuple[int, ...]) -> list[dict[str, st
     return items
 
 
+def draw_synthetic(synthetic: list[dict], count: int, seed: int) -> list[dict]:
+    """``count`` synthetic cases (all if fewer) drawn by ``seed``, in the sets' order.
+
+    The draw is a prefix of one seeded permutation, so a seed draws the same cases whatever the real set.
+    """
+    order = np.random.default_rng(seed).permutation(len(synthetic))[: min(len(synthetic), count)]
+    return [synthetic[i] for i in sorted(order)]
+
+
 def mix_training(real: list[dict], synthetic: list[dict], fraction: float, seed: int) -> list[dict]:
     """Real training cases + ``round(fraction * n_real)`` synthetic ones (all if fewer), drawn by ``seed``."""
-    n_synthetic = min(len(synthetic), int(round(fraction * len(real))))
-    order = np.random.default_rng(seed).permutation(len(synthetic))[:n_synthetic]
-    return list(real) + [synthetic[i] for i in sorted(order)]
+    return list(real) + draw_synthetic(synthetic, int(round(fraction * len(real))), seed)
+
+
+def _numbered(parts: list[str], prefix: str) -> int | None:
+    """The number of a trailing ``<prefix><k>`` part, popped from ``parts``; None when there is none."""
+    last = parts[-1] if len(parts) > 3 else ""
+    if last.startswith(prefix) and last[len(prefix) :].isdigit():
+        parts.pop()
+        return int(last[len(prefix) :])
+    return None
 
 
 def parse_run_name(name: str) -> tuple[str, Task, bool, int | None]:
-    """``[seg/]<arch>-<task>-<real|real+synthetic>[-seed<k>]`` -> (arch, task, synthetic, seed or None)."""
+    """``[seg/]<arch>-<task>-<real|real+synthetic>[-n<k>][-seed<k>]`` -> (arch, task, synthetic, seed)."""
+    return parse_subset_run_name(name)[:4]  # type: ignore[return-value]
+
+
+def parse_subset_run_name(name: str) -> tuple[str, Task, bool, int | None, int | None]:
+    """Like :func:`parse_run_name`, with the real-case count ``n`` of a subset run last (None: all)."""
     parts = name.removeprefix(seg_stage("")).split("-")
-    seed = None
-    if len(parts) == 4 and parts[3].startswith("seed") and parts[3][4:].isdigit():
-        seed = int(parts[3][4:])
-        parts = parts[:3]
+    seed = _numbered(parts, "seed")
+    n = _numbered(parts, "n")
     if len(parts) != 3 or parts[1] not in TASKS or parts[2] not in ("real", "real+synthetic"):
         raise InputError(
-            "STAGE", f"{name!r} is not seg/<arch>-<binary|multiclass>-<real|real+synthetic>[-seed<k>]"
+            "STAGE",
+            f"{name!r} is not seg/<arch>-<binary|multiclass>-<real|real+synthetic>[-n<k>][-seed<k>]",
         )
-    return parts[0], parts[1], parts[2] == "real+synthetic", seed  # type: ignore[return-value]
+    return parts[0], parts[1], parts[2] == "real+synthetic", seed, n  # type: ignore[return-value]
 
 
 def build(info: dict[str, Any]) -> dict[str, nn.Module]:
@@ -157,15 +179,45 @@ def build(info: dict[str, Any]) -> dict[str, nn.Module]:
     return {NET: build_segmenter(info["arch"], info["task"], seg, roi, spacing)}  # type: ignore[arg-type]
 
 
+def real_subset(prepared: PreparedSet, real_cases: list[str] | None) -> list[dict]:
+    """The training split's items of the case ids ``real_cases``, in the split's order (None: all of it)."""
+    training = list(prepared.datalist["training"])
+    if real_cases is None:
+        return training
+    known = {item["case_id"] for item in training}
+    unknown = sorted(set(real_cases) - known)
+    if unknown:
+        raise InputError(
+            prepared.root / "datalist.json", f"case(s) {unknown[:5]} are not in the training split"
+        )
+    chosen = set(real_cases)
+    return [item for item in training if item["case_id"] in chosen]
+
+
 def training_items(
-    prepared: PreparedSet, synthetic_dirs: list[Path], fraction: float, seed: int
+    prepared: PreparedSet,
+    synthetic_dirs: list[Path],
+    fraction: float,
+    seed: int,
+    real_cases: list[str] | None = None,
+    synthetic_count: int | None = None,
 ) -> tuple[list[dict], list[dict]]:
-    """What a segmentation stage trains on: (the real training split, the seeded synthetic draw)."""
-    real = list(prepared.datalist["training"])
+    """What a segmentation stage trains on: (the real training cases, the seeded synthetic draw).
+
+    ``real_cases`` (case ids) keeps only those of the training split; ``synthetic_count`` draws that many
+    synthetic cases whatever the real count (refused when the sets hold fewer), instead of
+    ``round(fraction * n_real)``.
+    """
+    real = real_subset(prepared, real_cases)
     if not synthetic_dirs:
         return real, []
-    mixed = mix_training(real, synthetic_items(list(synthetic_dirs), prepared.roi), fraction, seed)
-    return real, mixed[len(real) :]
+    synthetic = synthetic_items(list(synthetic_dirs), prepared.roi)
+    if synthetic_count is None:
+        return real, mix_training(real, synthetic, fraction, seed)[len(real) :]
+    if synthetic_count > len(synthetic):
+        where = ", ".join(str(d) for d in synthetic_dirs)
+        raise InputError(where, f"holds {len(synthetic)} synthetic cases; {synthetic_count} were asked for")
+    return real, draw_synthetic(synthetic, synthetic_count, seed)
 
 
 def synthetic_digest(items: list[dict[str, str]]) -> str:
@@ -183,10 +235,11 @@ def synthetic_digest(items: list[dict[str, str]]) -> str:
     return digest.hexdigest()
 
 
-def _training_items(ctx: StageContext, synthetic: bool) -> tuple[list[dict], list[dict], float]:
-    """The real training cases, the synthetic draw and the synthetic fraction used."""
+def _training_items(ctx: StageContext, synthetic: bool) -> tuple[list[dict], list[dict], float | None]:
+    """The real training cases, the synthetic draw and the synthetic fraction used (None: a fixed count)."""
     seg, prepared = ctx.cfg.segmentation, ctx.prepared
-    if not prepared.datalist["training"]:
+    subset = None if ctx.real_cases is None else list(ctx.real_cases)
+    if not prepared.datalist["training"] and subset is None:
         raise InputError(prepared.root / "datalist.json", "training split is empty")
     if not prepared.datalist["validation"]:
         raise InputError(
@@ -202,8 +255,16 @@ def _training_items(ctx: StageContext, synthetic: bool) -> tuple[list[dict], lis
             else "trains on real data only: drop --synthetic"
         )
         raise InputError("STAGE", f"{ctx.name} {need}")
-    real, drawn = training_items(prepared, list(ctx.synthetic), fraction, ctx.seed)
-    return real, drawn, fraction
+    named = parse_subset_run_name(ctx.name)[4]
+    given = None if subset is None else len(subset)
+    if named != given:
+        raise InputError("STAGE", f"{ctx.name} names {named} real cases, {given} were given (None: all)")
+    real, drawn = training_items(
+        prepared, list(ctx.synthetic), fraction, ctx.seed, subset, ctx.synthetic_count
+    )
+    if not real and not drawn:
+        raise InputError("STAGE", f"{ctx.name} has nothing to train on (no real case, no synthetic one)")
+    return real, drawn, fraction if ctx.synthetic_count is None else None
 
 
 def recipe(ctx: StageContext) -> Recipe:
@@ -233,6 +294,9 @@ def recipe(ctx: StageContext) -> Recipe:
         "synthetic_cases": [item["case_id"] for item in drawn],
         "synthetic_digest": synthetic_digest(drawn),  # what Table II compares before reusing the cell
     }
+    if ctx.real_cases is not None:  # a subset run (the data-scarcity curve): which cases, how many pairs
+        info["real_case_ids"] = [item["case_id"] for item in real]
+        info["synthetic_count"] = ctx.synthetic_count
     return Recipe(
         {NET: net},
         SegmentationLoss(task),
