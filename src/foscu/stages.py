@@ -21,6 +21,7 @@ import yaml
 from torch import nn
 
 from foscu.config import FoscuConfig, dump_config, provenance
+from foscu.config_protocols import TABLE2_ONLY
 from foscu.context import StageContext
 from foscu.data.loaders import load_split
 from foscu.data.prepare import PreparedSet, read_prepared
@@ -211,6 +212,7 @@ ADDED: dict[str, Any] = {
     "keep_best": False,
     "structure_weight": 0.0,
     **{"pretrained": None, "maisi": {}, "weights": None, "freeze": False, "intensity": None},  # MAISI
+    "batch_dice": False,  # segmentation
 }
 ADDED_TRAIN = {"warmup_steps": 0, "lr_schedule": "constant", "min_lr_ratio": 0.0}
 
@@ -274,7 +276,7 @@ def train_stage(
     run = RunFolder(run_root)
     folder = folder_name or name
     seed = cfg.seed if seed is None else seed
-    section = getattr(cfg, spec.section).model_dump(mode="json", exclude={"seeds"})  # seeds: Table II's
+    section = getattr(cfg, spec.section).model_dump(mode="json", exclude=set(TABLE2_ONLY))
     check_prerequisites(run, name, cfg)
     identity = check_run_data(run, prepared)
     check_resume(run, folder, section, resume)
