@@ -43,6 +43,7 @@ class StageContext:
     latents: Callable[[str], Path]  # RUN/latents/<kind>.safetensors of an encoder stage, built once
     synthetic: tuple[Path, ...] = ()  # segmentation: synthetic sets joining the training split
     synthetic_fraction: float | None = None
+    plan: Any = None  # segmentation: a Table II protocol's phase (protocols.Phase), or None
 
     @property
     def section(self) -> Any:

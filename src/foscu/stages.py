@@ -92,6 +92,7 @@ def stage_context(
     seed: int,
     synthetic: tuple[Path, ...] = (),
     synthetic_fraction: float | None = None,
+    plan: Any = None,
 ) -> StageContext:
     """The context stage ``name``'s recipe reads: its settings, and earlier stages through this module."""
     return StageContext(
@@ -107,6 +108,7 @@ def stage_context(
         latents=partial(latent_cache, run, prepared, seed),
         synthetic=synthetic,
         synthetic_fraction=synthetic_fraction,
+        plan=plan,
     )
 
 
@@ -263,12 +265,14 @@ def train_stage(
     seed: int | None = None,
     synthetic: list[Path] | None = None,
     synthetic_fraction: float | None = None,
+    plan: Any = None,
 ) -> FitResult:
     """Train stage ``name`` into ``RUN/<folder_name or name>/`` through the one engine.
 
     ``folder_name`` lets ablations sit side by side (``controlnet-label_latent``); ``seed`` (default
     ``cfg.seed``) seeds weights, batch order and augmentation; ``synthetic`` sets join a segmentation
-    stage's training split, ``synthetic_fraction`` synthetic cases per real one.
+    stage's training split, ``synthetic_fraction`` synthetic cases per real one; ``plan`` a Table II
+    protocol's phase (protocols.Phase) that says what a segmentation stage trains on.
     """
     spec = spec_for(name)
     dist = distributed.setup()
@@ -282,7 +286,7 @@ def train_stage(
     check_resume(run, folder, section, resume)
     torch.manual_seed(seed)
     ctx = stage_context(
-        name, cfg, prepared, run, dist.device, seed, tuple(synthetic or ()), synthetic_fraction
+        name, cfg, prepared, run, dist.device, seed, tuple(synthetic or ()), synthetic_fraction, plan
     )
     recipe = spec.recipe(ctx)
     info = {
@@ -324,18 +328,19 @@ def train_segmenter(
     resume: bool = False,
     progress: bool = True,
     seed: int | None = None,
+    plan: Any = None,
 ) -> tuple[Path, FitResult]:
     """Train ``arch`` for ``task`` as stage ``seg/<arch>-<task>-<real|real+synthetic>[-seed<k>]`` of the run.
 
     Synthetic sets (nnU-Net layout) join the training split only, ``synthetic_fraction`` synthetic cases
     per real training case (default: the config's). ``seed`` (default: the config's) seeds weights, batch
     order, augmentation and the synthetic draw; another seed than the config's trains into
-    ``...-seed<seed>/``. Returns the stage folder and the engine's result.
+    ``...-seed<seed>/``. ``plan``: a Table II protocol's phase (protocols.Phase): its cases, class mask and
+    starting weights, its tag in the stage name. Returns the stage folder and the engine's result.
     """
     check_task(task)
-    name = seg_stage(
-        run_name(arch, task, bool(synthetic), None if seed is None or seed == cfg.seed else seed)
-    )
+    data = plan.tag if plan is not None else bool(synthetic)
+    name = seg_stage(run_name(arch, task, data, None if seed is None or seed == cfg.seed else seed))
     result = train_stage(
         name,
         cfg,
@@ -346,5 +351,6 @@ def train_segmenter(
         seed=seed,
         synthetic=synthetic,
         synthetic_fraction=synthetic_fraction,
+        plan=plan,
     )
     return RunFolder(run_folder).stage(name), result
