@@ -51,7 +51,9 @@ def _judge(run, prepared, samples, fidelity, test_dice=None):
 
 
 def _plan(cfg, run, prepared, protocol, samples):
-    return plan_cell(cfg, RunFolder(run), read_prepared(prepared), "unet", "multiclass", protocol, [samples], 0)
+    return plan_cell(
+        cfg, RunFolder(run), read_prepared(prepared), "unet", "multiclass", protocol, [samples], 0
+    )
 
 
 @pytest.fixture
@@ -90,7 +92,9 @@ def test_each_protocol_trains_on_other_cases_or_with_another_mask(toy):
     assert masked.record["supervised_classes"] == ["liver", "tumor"]
     assert masked.class_mask == [1.0, 1.0, 0.0, 0.0, 1.0]  # background, liver, portal, hepatic, tumor
     (filtered,) = plans["filtered"]
-    assert [i["case_id"] for i in filtered.synthetic] == [i["case_id"] for i in mix.synthetic]  # liver 0.85 > 0.8
+    assert [i["case_id"] for i in filtered.synthetic] == [
+        i["case_id"] for i in mix.synthetic
+    ]  # liver 0.85 > 0.8
     assert filtered.record["kept"] == ids and filtered.record["dropped"] == {}
     # each protocol's data differ from the others': no two give the same training list and mask
     signatures = {
@@ -113,7 +117,10 @@ def test_filtered_drops_pairs_below_the_threshold_and_near_copies(toy):
     (listed,) = _plan(cfg, run, prepared, "filtered", samples)
     assert listed.record["dropped"] == {ids[0]: "tumor Dice 0.900 < 0.950", ids[1]: "near copy"}
     assert listed.record["kept"] == ids[2:]
-    off = load_config("tiny", ["segmentation.filtered.min_dice={tumor: 0.95}", "segmentation.filtered.drop_near_copies=false"])
+    off = load_config(
+        "tiny",
+        ["segmentation.filtered.min_dice={tumor: 0.95}", "segmentation.filtered.drop_near_copies=false"],
+    )
     assert _plan(off, run, prepared, "filtered", samples)[0].record["kept"] == ids[1:]
 
 
@@ -178,7 +185,12 @@ def test_per_seed_synthetic_draws(toy):
     a, how = synthetic_draw(shared, p, [samples], 0)
     assert how == "one set shared by the seeds"
     per_seed = load_config(
-        "tiny", ["segmentation.seeds=2", "segmentation.synthetic_fraction=0.5", "segmentation.synthetic_per_seed=true"]
+        "tiny",
+        [
+            "segmentation.seeds=2",
+            "segmentation.synthetic_fraction=0.5",
+            "segmentation.synthetic_per_seed=true",
+        ],
     )
     first, how = synthetic_draw(per_seed, p, [samples], 0)
     second, _ = synthetic_draw(per_seed, p, [samples], 1)
@@ -199,12 +211,18 @@ def test_table2_trains_each_protocol_on_tiny_data(tiny_prepared, tmp_path):
 
     run = tmp_path / "run"
     samples = _samples(tiny_prepared, run)
-    overrides = ["segmentation.train.steps=2", "segmentation.train.val_every=2", "segmentation.batch_dice=true"]
+    overrides = [
+        "segmentation.train.steps=2",
+        "segmentation.train.val_every=2",
+        "segmentation.batch_dice=true",
+    ]
     overrides += ["segmentation.protocols=[real, pretrain-finetune, class-masked]"]
     cfg = load_config("tiny", overrides)
     table = run_table2(cfg, tiny_prepared, run, samples, ["unet"], ["binary"], progress=False)
 
-    assert [r["protocol"] for r in table["rows"] if r["arch"] == "unet"] == ["pretrain-finetune"] * 2 + ["class-masked"] * 2
+    assert [r["protocol"] for r in table["rows"] if r["arch"] == "unet"] == ["pretrain-finetune"] * 2 + [
+        "class-masked"
+    ] * 2
     assert [c["data"] for c in table["cells"]] == ["real", "finetune", "masked"]
     folder = RunFolder(run)
     pretrain = yaml.safe_load(folder.config("seg/unet-binary-synthetic").read_text())
@@ -223,17 +241,29 @@ def test_table2_trains_each_protocol_on_tiny_data(tiny_prepared, tmp_path):
 
     phases = phases_of(cfg, tiny_prepared, run, "unet", "binary", "pretrain-finetune", [samples], 0)
     ctx: StageContext = stage_context(
-        "seg/unet-binary-finetune", cfg, read(tiny_prepared), folder, torch.device("cpu"), 0, (samples,), plan=phases[1]
+        "seg/unet-binary-finetune",
+        cfg,
+        read(tiny_prepared),
+        folder,
+        torch.device("cpu"),
+        0,
+        (samples,),
+        plan=phases[1],
     )
     net = recipe(ctx).nets[NET]
     start = load_stage(folder, "seg/unet-binary-synthetic")[0][NET]
-    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), start.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b) for a, b in zip(net.state_dict().values(), start.state_dict().values(), strict=True)
+    )
     (masked_phase,) = phases_of(cfg, tiny_prepared, run, "unet", "binary", "class-masked", [samples], 0)
     ctx.name, ctx.plan = "seg/unet-binary-masked", masked_phase
     data = recipe(ctx).train_set
     assert isinstance(data, MaskedCases)
     n_real = len(masked_phase.real)
-    assert data[0]["class_mask"].tolist() == [1.0] and data[n_real]["class_mask"].tolist() == masked_phase.class_mask
+    assert (
+        data[0]["class_mask"].tolist() == [1.0]
+        and data[n_real]["class_mask"].tolist() == masked_phase.class_mask
+    )
 
     again = run_table2(cfg, tiny_prepared, run, samples, ["unet"], ["binary"], progress=False)
     assert again == table  # finished cells reused

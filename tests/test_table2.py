@@ -128,7 +128,10 @@ def test_grid_writes_table2_on_tiny_data_and_skips_done_runs(tiny_phantom, tmp_p
     )
     assert len(recorded["synthetic_cases"]) == n_real
     # equal real exposure (the default budget): the mixed arm, half synthetic, trains twice the real arm's steps
-    assert [(c["protocol"], c["steps"], c["best_step"]) for c in table["cells"]] == [("real", 2, 2), ("mix", 4, 4)]
+    assert [(c["protocol"], c["steps"], c["best_step"]) for c in table["cells"]] == [
+        ("real", 2, 2),
+        ("mix", 4, 4),
+    ]
     assert all(c["stopped_early"] is False for c in table["cells"])
     assert table["cells"][1]["budget"].startswith("equal_real_exposure: 2 x")
     assert "equal_real_exposure" in table["note"]

@@ -66,7 +66,7 @@ class FilteredConfig(_Closed):
 class ProtocolSettings(_Closed):
     """The fields ``SegmentationConfig`` inherits: Table II's protocols, budget and their options."""
 
-    protocols: list[ProtocolName] = Field(default_factory=lambda: ["real", "mix"])
+    protocols: list[ProtocolName] = Field(default_factory=lambda: list(PROTOCOL_NAMES[:2]))
     budget: Budget = "equal_real_exposure"
     converge_steps: int = Field(4000, ge=1, description="budget converge: the most steps an arm may take")
     # MONAI DiceLoss(batch=True): Dice pooled over the batch per class (nnU-Net's batch Dice), so a class

@@ -59,7 +59,9 @@ def stage_of(cfg: FoscuConfig, arch: str, task: Task, phase: Phase, seed: int) -
     return seg_stage(_cell_name(cfg, arch, task, phase.tag, seed))
 
 
-def check_cell(cfg: FoscuConfig, run: RunFolder, arch: str, task: Task, phases: list[Phase], seed: int) -> None:
+def check_cell(
+    cfg: FoscuConfig, run: RunFolder, arch: str, task: Task, phases: list[Phase], seed: int
+) -> None:
     """Refuse a cell whose recorded phases trained on other data or for other steps than ``phases``."""
     for phase in phases:
         stage = stage_of(cfg, arch, task, phase, seed)

@@ -33,10 +33,14 @@ def validation_dice(run: RunFolder, judge: str, task: Task) -> dict[str, float]:
     """The judge's validation Dice per foreground class at the step its weights are from."""
     metrics_path = run.metrics(judge)
     if not metrics_path.is_file():
-        raise InputError(run.stage(judge), "the real-only segmenter is not trained: Table II trains real first")
+        raise InputError(
+            run.stage(judge), "the real-only segmenter is not trained: Table II trains real first"
+        )
     best_step = json.loads(metrics_path.read_text()).get("best_step")
     log = run.stage(judge) / "metrics.jsonl"
-    lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+    lines = (
+        [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+    )
     at_best = [line for line in lines if line.get("step") == best_step]
     if not at_best:
         raise InputError(log, f"no validation logged at the best step {best_step}")
@@ -96,7 +100,9 @@ def near_copies(run: RunFolder, items: list[dict[str, str]]) -> tuple[set[str], 
     if not audit.is_file():
         return set(), f"no memorization audit yet ({audit} missing): near copies not checked"
     flagged = json.loads(audit.read_text()).get("samples", {})
-    hits = {bare_id(i["case_id"]) for i in from_samples if flagged.get(bare_id(i["case_id"]), {}).get("near_copy")}
+    hits = {
+        bare_id(i["case_id"]) for i in from_samples if flagged.get(bare_id(i["case_id"]), {}).get("near_copy")
+    }
     return hits, f"near copies from {audit.name}"
 
 

@@ -256,7 +256,8 @@ def synthetic_draw(
     n = int(round(seg.synthetic_fraction * n_real))
     if n * len(seeds) > len(pool):
         raise InputError(
-            dirs[0], f"synthetic_per_seed: {len(seeds)} seeds x {n} cases need {n * len(seeds)}, pool holds {len(pool)}"
+            dirs[0],
+            f"synthetic_per_seed: {len(seeds)} seeds x {n} cases need {n * len(seeds)}, pool holds {len(pool)}",
         )
     order = np.random.default_rng(cfg.seed).permutation(len(pool))[index * n : (index + 1) * n]
     return [pool[i] for i in sorted(order)], "disjoint draws from one pool, one per seed"

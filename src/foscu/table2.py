@@ -19,8 +19,8 @@ import numpy as np
 
 from foscu.errors import InputError
 from foscu.labels import Task, labels_for_task
-from foscu.runs import RunFolder, seg_stage, write_json_atomic, write_text_atomic
 from foscu.protocols import PROTOCOLS, SCORED_TAG, protocol_of
+from foscu.runs import RunFolder, write_json_atomic, write_text_atomic
 from foscu.table2_cells import cell_record, cells_csv, cells_markdown, counts_note
 from foscu.table2_words import findings_markdown, protocol_findings, protocols_note
 
@@ -346,7 +346,9 @@ def run_table2(
                 kind = SCORED_TAG[protocol]
                 results[(arch, task, kind)] = []
                 for seed in seeds:
-                    result, stage = _cell(cfg, prepared_root, run_folder, arch, task, protocol, dirs, progress, seed)
+                    result, stage = _cell(
+                        cfg, prepared_root, run_folder, arch, task, protocol, dirs, progress, seed
+                    )
                     results[(arch, task, kind)].append(result)
                     keys = {"arch": arch, "task": task, "data": kind, "protocol": protocol, "seed": seed}
                     cells.append(cell_record(RunFolder(run_folder), stage, **keys))

@@ -12,15 +12,12 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from foscu.errors import InputError
 from foscu.runs import RunFolder
-
-if TYPE_CHECKING:
-    from foscu.config import FoscuConfig
 
 REUSE_KEYS = ("synthetic_fraction", "synthetic_digest")
 
@@ -137,7 +134,7 @@ def counts_note(cells: list[dict[str, Any]]) -> str:
         text += "."
     if mixed:
         digests = {c["synthetic_digest"] for c in mixed}
-        draws = {c.get("synthetic_draw") for c in mixed} - {None}
+        draws = {str(c["synthetic_draw"]) for c in mixed if c.get("synthetic_draw")}
         if len(digests) == 1:
             text += (
                 " Every seed trained on the same synthetic cases, so the intervals leave out the "

@@ -8,6 +8,7 @@ same seed (the paired relative improvement and its t-interval over seeds).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,7 +25,7 @@ BUDGETS = {
 }
 
 
-def protocols_note(cfg: FoscuConfig, protocols: list[str], cells: list[dict[str, Any]]) -> str:
+def protocols_note(cfg: FoscuConfig, protocols: Sequence[str], cells: list[dict[str, Any]]) -> str:
     """The protocols' training data, the budget rule and the loss settings, for Table II's note."""
     from foscu.protocols import PROTOCOLS
 
@@ -34,7 +35,9 @@ def protocols_note(cfg: FoscuConfig, protocols: list[str], cells: list[dict[str,
     text = f"Protocols (one row each, against real): {what}. Budget {seg.budget}: {BUDGETS[seg.budget]}"
     text += f"; {len(stopped)} of {len(cells)} cells stopped early (steps and best step per cell below)."
     train = seg.train
-    text += f" Dice {'pooled over the batch' if seg.batch_dice else 'per patch'} (batch_dice {seg.batch_dice}),"
+    text += (
+        f" Dice {'pooled over the batch' if seg.batch_dice else 'per patch'} (batch_dice {seg.batch_dice}),"
+    )
     text += f" lr {train.lr:g} {train.lr_schedule}"
     text += f" after {train.warmup_steps} warm-up steps." if train.warmup_steps else "."
     return text
@@ -52,7 +55,11 @@ def _choice(cells: list[dict[str, Any]]) -> tuple[str | None, dict[str, float]]:
 
 def _verdict(row: dict[str, Any]) -> tuple[str, str]:
     """(helped|hurt|unclear|no interval, the numbers) for one row: its paired change and interval."""
-    points, paired, ci = row["difference_points"], row["paired_improvement_percent"], row["paired_improvement_ci"]
+    points, paired, ci = (
+        row["difference_points"],
+        row["paired_improvement_percent"],
+        row["paired_improvement_ci"],
+    )
     if points is None or paired is None:
         return "n/a", "n/a"
     numbers = f"{points:+.2f} Dice points, paired {paired:+.2f} %"
@@ -84,12 +91,18 @@ def protocol_findings(rows: list[dict[str, Any]], cells: list[dict[str, Any]]) -
                 parts.append(f"{r['class'].replace('_', ' ')} {numbers}: {verdict}")
                 verdicts[verdict].append(f"{protocol} {r['class']}")
             if parts:
-                lines.append(f"{protocol} against real ({task}, test split, mean over archs): " + "; ".join(parts) + ".")
+                lines.append(
+                    f"{protocol} against real ({task}, test split, mean over archs): "
+                    + "; ".join(parts)
+                    + "."
+                )
     if verdicts["helped"]:
         lines.append("Synthetic data helped (interval above zero): " + ", ".join(verdicts["helped"]) + ".")
     tested = sum(len(v) for k, v in verdicts.items() if k != "no interval")
     if tested and not verdicts["helped"]:
-        lines.append(f"Synthetic data did not help anywhere: no protocol and class of {tested} has an interval above zero.")
+        lines.append(
+            f"Synthetic data did not help anywhere: no protocol and class of {tested} has an interval above zero."
+        )
     if verdicts["hurt"]:
         lines.append("Synthetic data hurt (interval below zero): " + ", ".join(verdicts["hurt"]) + ".")
     return {"chosen_on_validation": chosen, "validation_dice": val, "verdicts": verdicts, "lines": lines}

@@ -68,7 +68,7 @@ class SegmentationLoss:
             weights = [0.5**i for i in range(logits.shape[1])]
             total = sum(weights)
             losses = [w / total * loss(logits[:, i]) for i, w in enumerate(weights)]
-            return {"loss": sum(losses), "loss_full_resolution": loss(logits[:, 0]).detach()}
+            return {"loss": sum(losses[1:], losses[0]), "loss_full_resolution": loss(logits[:, 0]).detach()}
         return {"loss": loss(logits)}
 
 
@@ -215,7 +215,9 @@ def _training_items(ctx: StageContext, synthetic: bool) -> tuple[list[dict], lis
     if ctx.plan is not None:  # a Table II protocol's phase (protocols.py): its cases are resolved
         return list(ctx.plan.real), list(ctx.plan.synthetic), fraction
     if data_tag(ctx.name) not in ("real", "real+synthetic"):
-        raise InputError("STAGE", f"{ctx.name} trains only as a Table II protocol (foscu experiment / table2)")
+        raise InputError(
+            "STAGE", f"{ctx.name} trains only as a Table II protocol (foscu experiment / table2)"
+        )
     if synthetic != bool(ctx.synthetic):
         need = (
             "needs a synthetic set (--synthetic)"
