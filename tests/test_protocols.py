@@ -270,3 +270,36 @@ def test_table2_trains_each_protocol_on_tiny_data(tiny_prepared, tmp_path):
     longer = load_config("tiny", [*overrides, "segmentation.budget=fixed", "segmentation.train.steps=3"])
     with pytest.raises(InputError, match="2 steps .* 3 steps"):
         run_table2(longer, tiny_prepared, run, samples, ["unet"], ["binary"], progress=False)
+
+
+def test_table2_in_words_names_the_validation_choice_and_each_verdict():
+    from foscu.table2 import table2_rows
+    from foscu.table2_words import protocol_findings
+
+    def fake(d):
+        return {"mean": {"liver": {"dice": d}}, "foreground_mean": {"dice": d}}
+
+    results = {
+        ("unet", "binary", "real"): [fake(v) for v in (0.80, 0.82, 0.84)],
+        ("unet", "binary", "real+synthetic"): [fake(v) for v in (0.85, 0.86, 0.88)],  # +4.3 points, tight
+        ("unet", "binary", "filtered"): [fake(v) for v in (0.70, 0.86, 0.80)],  # -3.3 points, wide
+    }
+    rows = table2_rows(results, ["unet"], ["binary"], ["real+synthetic", "filtered"])
+    # validation prefers filtered although the test split says mix: the choice follows validation
+    cells = [{"protocol": p, "val_dice": v} for p, v in (("real", 0.8), ("mix", 0.79), ("filtered", 0.83))]
+    found = protocol_findings(rows, cells)
+    assert found["chosen_on_validation"] == "filtered"
+    assert found["verdicts"]["helped"] == ["mix liver", "mix mean"]
+    assert found["verdicts"]["unclear"] == ["filtered liver", "filtered mean"]
+    assert any(
+        "liver +4.33 Dice points, paired +5.30 % [95 % +3.24, +7.35]: helped" in line
+        for line in found["lines"]
+    )
+    results[("unet", "binary", "real+synthetic")] = [fake(v) for v in (0.70, 0.72, 0.74)]
+    worse = protocol_findings(
+        table2_rows(results, ["unet"], ["binary"], ["real+synthetic", "filtered"]), cells
+    )
+    assert (
+        "Synthetic data did not help anywhere: no protocol and class of 4 has an interval above zero."
+        in worse["lines"]
+    )
