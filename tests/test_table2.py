@@ -57,7 +57,7 @@ def test_improvement_is_relative_as_the_papers_table2():
         (0.7014 - 0.6968) / 0.6968 * 100, abs=1e-4
     )
     md = table2_markdown(rows, "note")
-    assert "| U-Net | Multi-Class | mean | 0.6968 | 0.7014 | +0.66% | +0.46 |" in md
+    assert "| U-Net | Multi-Class | mix | mean | 0.6968 | 0.7014 | +0.66% | +0.46 |" in md
     assert "Improvement (relative, %)" in md and "Difference (points)" in md
 
 
@@ -114,7 +114,7 @@ def test_grid_writes_table2_on_tiny_data_and_skips_done_runs(tiny_phantom, tmp_p
         first = list(csv.DictReader(fh))[0]
     assert first["arch"] == "unet" and float(first["improvement_percent"]) == row["improvement_percent"]
     assert "relative" in table["note"]
-    assert "| U-Net | Liver-Only | liver |" in (out / "table2.md").read_text()
+    assert "| U-Net | Liver-Only | mix | liver |" in (out / "table2.md").read_text()
     for name in ("unet-binary-real", "unet-binary-real+synthetic"):
         assert (out / "seg" / f"{name}.json").is_file()
     # each cell records what it trained on (the cases of its training list) and when it was best
@@ -127,8 +127,14 @@ def test_grid_writes_table2_on_tiny_data_and_skips_done_runs(tiny_phantom, tmp_p
         (tmp_path / "run" / "seg" / "unet-binary-real+synthetic" / "config.yaml").read_text()
     )
     assert len(recorded["synthetic_cases"]) == n_real
-    for cell in table["cells"]:
-        assert cell["steps"] == 2 and cell["best_step"] in (2,) and cell["stopped_early"] is False
+    # equal real exposure (the default budget): the mixed arm, half synthetic, trains twice the real arm's steps
+    assert [(c["protocol"], c["steps"], c["best_step"]) for c in table["cells"]] == [
+        ("real", 2, 2),
+        ("mix", 4, 4),
+    ]
+    assert all(c["stopped_early"] is False for c in table["cells"])
+    assert table["cells"][1]["budget"].startswith("equal_real_exposure: 2 x")
+    assert "equal_real_exposure" in table["note"]
     assert f"{n_real} real + {n_real} synthetic" in table["note"]
     assert f"{n_real} real + 0 synthetic" in table["note"] and "1.00 per real case" in table["note"]
     assert "same synthetic cases" in table["note"] and "Stopped early: 0 of 2 cells" in table["note"]
@@ -137,7 +143,7 @@ def test_grid_writes_table2_on_tiny_data_and_skips_done_runs(tiny_phantom, tmp_p
         lines = list(csv.DictReader(fh))
     assert [(c["data"], c["best_step"], c["stopped_early"]) for c in lines] == [
         ("real", "2", "False"),
-        ("real+synthetic", "2", "False"),
+        ("real+synthetic", "4", "False"),
     ]
     assert lines[0]["synthetic_digest"] == "" and len(lines[1]["synthetic_digest"]) == 64
 
@@ -195,7 +201,7 @@ def test_three_seeds_mean_t_interval_and_paired_improvement_by_hand():
     assert overall["real"] == pytest.approx(0.78)
     md = table2_markdown(rows, "note")
     assert (
-        "| U-Net | Liver-Only | liver | 0.8400 ± 0.0994 | 0.8600 ± 0.1138 | +2.38% | +2.00 | +2.37% ± 2.77 |"
+        "| U-Net | Liver-Only | mix | liver | 0.8400 ± 0.0994 | 0.8600 ± 0.1138 | +2.38% | +2.00 | +2.37% ± 2.77 |"
         in md
     )
     first = list(csv.DictReader(table2_csv(rows).splitlines()))[0]
@@ -236,7 +242,11 @@ def test_grid_trains_every_seed_into_its_own_folder(tiny_prepared, tmp_path, mon
     monkeypatch.setattr(segmentation_metrics, "evaluate_cases", fake_evaluate)
     cfg = load_config("tiny", ["segmentation.seeds=3"])
     run = tmp_path / "run"
-    table = run_table2(cfg, tiny_prepared, run, tmp_path / "synthetic", ["unet"], ["binary"], progress=False)
+    synthetic = tmp_path / "synthetic"
+    for sub in ("imagesTr", "labelsTr"):
+        shutil.copytree(tiny_prepared / sub, synthetic / sub)
+    write_dataset_json(synthetic, "synthetic", len(read_prepared(tiny_prepared).datalist["training"]))
+    table = run_table2(cfg, tiny_prepared, run, synthetic, ["unet"], ["binary"], progress=False)
 
     assert trained == [(False, 0), (False, 1), (False, 2), (True, 0), (True, 1), (True, 2)]
     names = ["unet-binary-real", "unet-binary-real-seed1", "unet-binary-real-seed2"]
@@ -324,4 +334,8 @@ def test_counts_note_gives_the_real_counts_and_a_capped_ratio():
     assert "0.86 per real case (synthetic_fraction 1.0 asked for 42; the set holds only 36)" in note
     assert "same synthetic cases" in note and "Stopped early: 2 of 4 cells" in note
     cells[3]["synthetic_digest"] = "b"
-    assert "drew different synthetic cases" in counts_note(cells)
+    assert "different, overlapping synthetic cases" in counts_note(cells)
+    assert "include the generator's sampling variance" not in counts_note(cells)
+    for c in cells[2:]:
+        c["synthetic_draw"] = "one sample folder per seed"
+    assert "include the generator's sampling variance" in counts_note(cells)

@@ -15,6 +15,7 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from foscu.config_protocols import ProtocolSettings
 from foscu.config_scarcity import ScarcityConfig
 from foscu.errors import InputError
 from foscu.labels import TASKS, Task
@@ -301,8 +302,9 @@ class ExperimentConfig(Section):
     ablation_samples: int | None = Field(None, ge=1, description="pairs per ablation row (None: as sample.n)")
 
 
-class SegmentationConfig(Section):
-    """Paper II-C: five 3D U-Nets, Dice + (B)CE, AdamW lr 1e-4, early stopping patience 10 (epochs)."""
+class SegmentationConfig(ProtocolSettings, Section):
+    """Paper II-C: five 3D U-Nets, Dice + (B)CE, AdamW lr 1e-4, early stopping patience 10 (epochs); Table
+    II's protocols and budget (config_protocols.py)."""
 
     archs: list[Arch] = Field(default_factory=lambda: list(ARCHS))
     tasks: list[Task] = Field(default_factory=lambda: list(TASKS))

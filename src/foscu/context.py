@@ -45,6 +45,7 @@ class StageContext:
     synthetic_fraction: float | None = None
     real_cases: tuple[str, ...] | None = None  # segmentation: a subset of the training split (None: all)
     synthetic_count: int | None = None  # segmentation: this many synthetic cases, whatever the real count
+    plan: Any = None  # segmentation: a Table II protocol's phase (protocols.Phase), or None
 
     @property
     def section(self) -> Any:

@@ -245,7 +245,7 @@ def _evidence_tables(report: _Report, evidence: dict[str, Any], timings: dict | 
         report.table("Label realism: share of labels in which each class is present", realism["presence"])
     for name, title in (
         ("table1", "Table I: generative quality"),
-        ("table2", "Table II: segmentation Dice, real vs real + synthetic"),
+        ("table2", "Table II: segmentation Dice, real vs each protocol with synthetic data"),
         ("pair_fidelity", "Pair fidelity"),
     ):
         found = evidence[name]
@@ -323,6 +323,8 @@ def evidence_summary(run: Path, experiment: dict) -> list[str]:
             lines.append(f"The real-only segmenter scores on the real test images: {per_class} (Dice).")
         lines.append(ladder["conditioning"]["text"])
         lines.append(ladder["where_lost"])
+    table2 = _load_json(folder.evidence("table2"))
+    lines += (table2.get("findings") or {}).get("lines", []) if table2 else []  # Table II in words
     realism = _load_json(folder.evidence("label_realism"))
     if realism:
         f = {r["feature"]: r for r in realism["features"]}

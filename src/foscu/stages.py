@@ -21,6 +21,7 @@ import yaml
 from torch import nn
 
 from foscu.config import FoscuConfig, dump_config, provenance
+from foscu.config_protocols import TABLE2_ONLY
 from foscu.context import StageContext
 from foscu.data.loaders import load_split
 from foscu.data.prepare import PreparedSet, read_prepared
@@ -93,6 +94,7 @@ def stage_context(
     synthetic_fraction: float | None = None,
     real_cases: tuple[str, ...] | None = None,
     synthetic_count: int | None = None,
+    plan: Any = None,
 ) -> StageContext:
     """The context stage ``name``'s recipe reads: its settings, and earlier stages through this module (the
     latent caches with the section's ``augment_copies``, where it has them)."""
@@ -112,6 +114,7 @@ def stage_context(
         synthetic_fraction=synthetic_fraction,
         real_cases=real_cases,
         synthetic_count=synthetic_count,
+        plan=plan,
     )
 
 
@@ -222,6 +225,7 @@ ADDED: dict[str, Any] = {
     "augment_copies": 0,
     "structure_weight": 0.0,
     **{"pretrained": None, "maisi": {}, "weights": None, "freeze": False, "intensity": None},  # MAISI
+    "batch_dice": False,  # segmentation
 }
 ADDED_TRAIN = {"warmup_steps": 0, "lr_schedule": "constant", "min_lr_ratio": 0.0}
 
@@ -274,6 +278,7 @@ def train_stage(
     synthetic_fraction: float | None = None,
     real_cases: list[str] | None = None,
     synthetic_count: int | None = None,
+    plan: Any = None,
 ) -> FitResult:
     """Train stage ``name`` into ``RUN/<folder_name or name>/`` through the one engine.
 
@@ -281,6 +286,7 @@ def train_stage(
     ``cfg.seed``) seeds weights, batch order and augmentation; ``synthetic`` sets join a segmentation
     stage's training split, ``synthetic_fraction`` synthetic cases per real one; ``real_cases`` (case ids)
     keeps a subset of the real training split and ``synthetic_count`` draws that many synthetic cases.
+    ``plan`` a Table II protocol's phase (protocols.Phase) that says what a segmentation stage trains on.
     """
     spec = spec_for(name)
     dist = distributed.setup()
@@ -288,7 +294,7 @@ def train_stage(
     run = RunFolder(run_root)
     folder = folder_name or name
     seed = cfg.seed if seed is None else seed
-    section = getattr(cfg, spec.section).model_dump(mode="json", exclude={"seeds"})  # seeds: Table II's
+    section = getattr(cfg, spec.section).model_dump(mode="json", exclude=set(TABLE2_ONLY))
     check_prerequisites(run, name, cfg)
     identity = check_run_data(run, prepared)
     check_resume(run, folder, section, resume)
@@ -304,6 +310,7 @@ def train_stage(
         synthetic_fraction,
         None if real_cases is None else tuple(real_cases),
         synthetic_count,
+        plan,
     )
     recipe = spec.recipe(ctx)
     info = {
@@ -348,6 +355,7 @@ def train_segmenter(
     *,
     real_cases: list[str] | None = None,
     synthetic_count: int | None = None,
+    plan: Any = None,
 ) -> tuple[Path, FitResult]:
     """Train ``arch`` for ``task`` as stage ``seg/<arch>-<task>-<real|real+synthetic>[-n<k>][-seed<k>]``.
 
@@ -356,13 +364,15 @@ def train_segmenter(
     order, augmentation and the synthetic draw; another seed than the config's trains into
     ``...-seed<seed>/``. ``real_cases`` (case ids of the training split) trains on those real cases only,
     into ``...-n<len(real_cases)>...`` (an empty list: synthetic cases only); ``synthetic_count`` draws that
-    many synthetic cases at any real count instead of the fraction. Returns the stage folder and the
-    engine's result.
+    many synthetic cases at any real count instead of the fraction. ``plan``: a Table II protocol's phase
+    (protocols.Phase): its cases, class mask and starting weights, its tag in the stage name. Returns the
+    stage folder and the engine's result.
     """
     check_task(task)
     other_seed = None if seed is None or seed == cfg.seed else seed
     n = None if real_cases is None else len(real_cases)
-    name = seg_stage(run_name(arch, task, bool(synthetic), other_seed, n))
+    data = plan.tag if plan is not None else bool(synthetic)
+    name = seg_stage(run_name(arch, task, data, other_seed, n))
     result = train_stage(
         name,
         cfg,
@@ -375,5 +385,6 @@ def train_segmenter(
         synthetic_fraction=synthetic_fraction,
         real_cases=real_cases,
         synthetic_count=synthetic_count,
+        plan=plan,
     )
     return RunFolder(run_folder).stage(name), result

@@ -19,15 +19,10 @@ import numpy as np
 
 from foscu.errors import InputError
 from foscu.labels import Task, labels_for_task
-from foscu.runs import RunFolder, seg_stage, write_json_atomic, write_text_atomic
-from foscu.table2_cells import (
-    cell_record,
-    cells_csv,
-    cells_markdown,
-    check_reusable,
-    counts_note,
-    requested_training,
-)
+from foscu.protocols import PROTOCOLS, SCORED_TAG, protocol_of
+from foscu.runs import RunFolder, write_json_atomic, write_text_atomic
+from foscu.table2_cells import cell_record, cells_csv, cells_markdown, counts_note
+from foscu.table2_words import findings_markdown, protocol_findings, protocols_note
 
 if TYPE_CHECKING:
     from foscu.config import FoscuConfig
@@ -53,39 +48,25 @@ def trained_segmenter(
     synthetic_dir: Path | None = None,
     seed: int | None = None,
     progress: bool = True,
+    protocol: str | None = None,
 ) -> Path:
-    """The folder of one segmentation run, trained here (or resumed) unless its training finished.
+    """The folder of one cell's scored segmenter, trained here (or resumed) unless its training finished.
 
-    ``seed`` other than the config's trains into ``...-seed<k>/`` (train_segmenter's rule). A real +
-    synthetic cell that began with another synthetic draw or ``synthetic_fraction`` is refused, not reused.
+    ``protocol`` (protocols.PROTOCOLS; default ``real``, or ``mix`` with ``synthetic_dir``) and ``seed``
+    (default the config's) pick the cell; a cell that recorded other training is refused, not reused.
     """
-    from foscu.stages import train_segmenter
+    from foscu.protocol_cells import train_cell
 
-    run = RunFolder(run_folder)
-    name = _cell_name(cfg, arch, task, synthetic_dir is not None, seed)
-    stage = seg_stage(name)
-    if run.config(stage).is_file():
-        requested = requested_training(cfg, prepared_root, synthetic_dir, cfg.seed if seed is None else seed)
-        check_reusable(run, stage, requested)
-    if not run.metrics(stage).is_file():
-        train_segmenter(
-            arch,
-            task,
-            cfg,
-            prepared_root,
-            run_folder,
-            [synthetic_dir] if synthetic_dir is not None else None,
-            resume=run.is_stopped(stage),
-            progress=progress,
-            seed=seed,
-        )
-    return run.seg(name)
+    protocol = protocol or ("real" if synthetic_dir is None else "mix")
+    dirs = [] if synthetic_dir is None else [Path(synthetic_dir)]
+    seed = cfg.seed if seed is None else seed
+    return train_cell(cfg, prepared_root, run_folder, arch, task, protocol, dirs, seed, progress)
 
 
-def _cell_name(cfg: FoscuConfig, arch: str, task: Task, synthetic: bool, seed: int | None) -> str:
+def _cell_name(cfg: FoscuConfig, arch: str, task: Task, data: bool | str, seed: int | None) -> str:
     from foscu.segmentation.train import run_name
 
-    return run_name(arch, task, synthetic, None if seed is None or seed == cfg.seed else seed)
+    return run_name(arch, task, data, None if seed is None or seed == cfg.seed else seed)
 
 
 def _cell(
@@ -94,31 +75,34 @@ def _cell(
     run_folder: Path,
     arch: str,
     task: Task,
-    synthetic_dir: Path | None,
+    protocol: str,
+    dirs: list[Path],
     progress: bool,
     seed: int,
-) -> dict[str, Any]:
-    """Train with ``seed`` (or skip / resume), predict the test split, evaluate; returns the evaluation."""
+) -> tuple[dict[str, Any], str]:
+    """Train with ``seed`` (or skip / resume), predict the test split, evaluate; (evaluation, scored stage)."""
     import json
 
     from foscu.data.prepare import read_prepared
     from foscu.evaluation.segmentation_metrics import evaluate_cases
+    from foscu.protocol_cells import check_cell, phases_of, stage_of, train_cell
     from foscu.segmentation.predict import predict_cases
 
     run = RunFolder(run_folder)
-    name = _cell_name(cfg, arch, task, synthetic_dir is not None, seed)
-    evaluation = run.evaluation / "seg" / f"{name}.json"
-    if evaluation.is_file() and run.metrics(seg_stage(name)).is_file():
-        check_reusable(run, seg_stage(name), requested_training(cfg, prepared_root, synthetic_dir, seed))
-        return json.loads(evaluation.read_text())
-    folder = trained_segmenter(cfg, prepared_root, run_folder, arch, task, synthetic_dir, seed, progress)
+    phases = phases_of(cfg, prepared_root, run_folder, arch, task, protocol, dirs, seed, progress)
+    stage = stage_of(cfg, arch, task, phases[-1], seed)
+    evaluation = run.evaluation / "seg" / f"{stage.split('/', 1)[-1]}.json"
+    if evaluation.is_file() and run.metrics(stage).is_file():
+        check_cell(cfg, run, arch, task, phases, seed)
+        return json.loads(evaluation.read_text()), stage
+    folder = train_cell(cfg, prepared_root, run_folder, arch, task, protocol, dirs, seed, progress)
     test = read_prepared(prepared_root).datalist["test"]
     if not test:
         raise InputError(Path(prepared_root) / "datalist.json", "test split is empty: Table II needs one")
     images = {item["case_id"]: Path(item["image"]) for item in test}
     written = predict_cases(folder, images, folder / "predictions-test", overwrite=True, progress=progress)
     pairs = {item["case_id"]: (written[item["case_id"]], Path(item["label"])) for item in test}
-    return evaluate_cases(pairs, task, evaluation)
+    return evaluate_cases(pairs, task, evaluation), stage
 
 
 def _improvement(real: float | None, mixed: float | None) -> float | None:
@@ -134,6 +118,13 @@ def _improvement(real: float | None, mixed: float | None) -> float | None:
 def _points(real: float | None, mixed: float | None) -> float | None:
     """Difference in Dice percentage points, (mixed - real) x 100: an extra column beside the paper's."""
     return None if real is None or mixed is None else round((mixed - real) * 100.0, 4)
+
+
+def synthetic_dirs(synthetic: Path | list[Path] | None) -> list[Path]:
+    """``run_table2``'s synthetic argument as a list of folders (none, one, or one per seed)."""
+    if synthetic is None:
+        return []
+    return [Path(synthetic)] if isinstance(synthetic, str | Path) else [Path(d) for d in synthetic]
 
 
 def seed_list(cfg: FoscuConfig) -> list[int]:
@@ -166,34 +157,40 @@ def _dice(result: dict[str, Any], cls: str) -> float | None:
 
 
 def table2_rows(
-    results: dict[tuple[str, str, str], list[dict[str, Any]]], archs: list[str], tasks: list[str]
+    results: dict[tuple[str, str, str], list[dict[str, Any]]],
+    archs: list[str],
+    tasks: list[str],
+    kinds: list[str] | tuple[str, ...] = ("real+synthetic",),
 ) -> list[dict[str, Any]]:
-    """One row per arch x task x class (foreground classes, then "mean"), plus "mean" over archs.
+    """One row per task x protocol x arch x class (foreground classes, then "mean"), plus "mean" over archs.
 
     ``results`` maps (arch, task, kind) to one evaluation per seed, in the same seed order for every
-    cell. A row's ``real``/``real+synthetic`` are means over seeds, ``*_ci`` their t-intervals,
+    cell; ``kinds`` the scored data tags of the protocols compared with real (protocols.SCORED_TAG; "real+
+    synthetic" is the paper's mix). A row's ``protocol`` names it; ``real+synthetic`` holds that protocol's
+    value. ``real``/``real+synthetic`` are means over seeds, ``*_ci`` their t-intervals,
     ``improvement_percent`` the relative change of the means and ``paired_improvement_percent`` the mean
     of each seed's own relative change (real and real + synthetic trained with the same seed). The
     "mean" architecture averages, per seed, the architectures' values.
     """
     rows: list[dict[str, Any]] = []
-    for task in tasks:
+    for task, kind in [(t, k) for t in tasks for k in kinds]:
         classes = [n for n, v in labels_for_task(task).items() if v != 0] + ["mean"]  # type: ignore[arg-type]
         for arch in [*archs, "mean"]:
             for cls in classes:
                 per_seed: dict[str, list[float | None]] = {}
-                for kind in KINDS:
+                for column, source in zip(KINDS, ("real", kind), strict=True):
                     if arch == "mean":
                         others = [
-                            r[f"{kind}_per_seed"]
+                            r[f"{column}_per_seed"]
                             for r in rows
-                            if r["task"] == task and r["class"] == cls and r["arch"] != "mean"
+                            if (r["task"], r["class"], r["protocol"]) == (task, cls, protocol_of(kind))
+                            and r["arch"] != "mean"
                         ]
-                        per_seed[kind] = [
+                        per_seed[column] = [
                             _mean(list(seed_values)) for seed_values in zip(*others, strict=True)
                         ]
                     else:
-                        per_seed[kind] = [_dice(r, cls) for r in results.get((arch, task, kind), [])]
+                        per_seed[column] = [_dice(r, cls) for r in results.get((arch, task, source), [])]
                 real, mixed = _mean(per_seed["real"]), _mean(per_seed["real+synthetic"])
                 paired = [
                     _improvement(a, b)
@@ -203,6 +200,7 @@ def table2_rows(
                     {
                         "arch": arch,
                         "task": task,
+                        "protocol": protocol_of(kind),
                         "class": cls,
                         "real": real,
                         "real+synthetic": mixed,
@@ -238,16 +236,16 @@ def table2_markdown(rows: list[dict[str, Any]], note: str, cells: list[dict[str,
     lines = [
         "# Table II: segmentation Dice on the test split",
         "",
-        "| Model | Segmentation | Class | Real | Real + Synthetic | Improvement (relative, %) "
+        "| Model | Segmentation | Protocol | Class | Real | Real + Synthetic | Improvement (relative, %) "
         "| Difference (points) | Paired improvement (relative, %) |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         imp = "n/a" if r["improvement_percent"] is None else f"{r['improvement_percent']:+.2f}%"
         points = "n/a" if r["difference_points"] is None else f"{r['difference_points']:+.2f}"
         paired = _pm(r["paired_improvement_percent"], r["paired_improvement_ci"], 2, "+", "%")
         lines.append(
-            f"| {ARCH_NAMES.get(r['arch'], r['arch'])} | {TASK_NAMES[r['task']]} | {r['class']} | "
+            f"| {ARCH_NAMES.get(r['arch'], r['arch'])} | {TASK_NAMES[r['task']]} | {r['protocol']} | {r['class']} | "
             f"{_pm(r['real'], r['real_ci'])} | {_pm(r['real+synthetic'], r['real+synthetic_ci'])} | {imp} | "
             f"{points} | {paired} |"
         )
@@ -257,6 +255,7 @@ def table2_markdown(rows: list[dict[str, Any]], note: str, cells: list[dict[str,
 CSV_COLUMNS = [
     "arch",
     "task",
+    "protocol",
     "class",
     "real",
     "real_half_width",
@@ -318,15 +317,16 @@ def run_table2(
     cfg: FoscuConfig,
     prepared_root: Path,
     run_folder: Path,
-    synthetic_dir: Path | None,
+    synthetic_dir: Path | list[Path] | None,
     archs: list[str] | None = None,
     tasks: list[str] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train, predict and evaluate every selected cell; write RUN/evaluation/table2.{json,csv,md}.
 
+    One row per protocol of ``segmentation.protocols`` (protocols.py) beside real, per arch x task x class.
     ``archs``/``tasks`` default to the config's ``segmentation.archs``/``tasks``. Without ``synthetic_dir``
-    only the real column is filled.
+    only the real column is filled; a list gives one folder per seed (``segmentation.synthetic_per_seed``).
     """
     from foscu.config import check_arch
     from foscu.labels import check_task
@@ -337,25 +337,30 @@ def run_table2(
     seeds = seed_list(cfg)
     results: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     cells: list[dict[str, Any]] = []
+    dirs = synthetic_dirs(synthetic_dir)
+    protocols = [p for p in cfg.segmentation.protocols if dirs or not PROTOCOLS[p].synthetic]
     for task in tasks:
         for arch in archs:
             task = cast(Task, task)
-            sources: list[tuple[str, Path | None]] = [("real", None)]
-            if synthetic_dir is not None:
-                sources.append(("real+synthetic", Path(synthetic_dir)))
-            for kind, source in sources:
+            for protocol in protocols:
+                kind = SCORED_TAG[protocol]
                 results[(arch, task, kind)] = []
                 for seed in seeds:
-                    results[(arch, task, kind)].append(
-                        _cell(cfg, prepared_root, run_folder, arch, task, source, progress, seed)
+                    result, stage = _cell(
+                        cfg, prepared_root, run_folder, arch, task, protocol, dirs, progress, seed
                     )
-                    stage = seg_stage(_cell_name(cfg, arch, task, source is not None, seed))
-                    keys = {"arch": arch, "task": task, "data": kind, "seed": seed}
+                    results[(arch, task, kind)].append(result)
+                    keys = {"arch": arch, "task": task, "data": kind, "protocol": protocol, "seed": seed}
                     cells.append(cell_record(RunFolder(run_folder), stage, **keys))
-    rows = table2_rows(results, archs, tasks)
+    kinds = [SCORED_TAG[p] for p in protocols if p != "real"] or ["real+synthetic"]
+    rows = table2_rows(results, archs, tasks, kinds)
+    findings = protocol_findings(rows, cells)
     table = {
         "rows": rows,
-        "note": _note(seeds, cells),
+        "note": _note(seeds, cells) + " " + protocols_note(cfg, protocols, cells),
+        "protocols": protocols,
+        "budget": cfg.segmentation.budget,
+        "findings": findings,
         "seed": cfg.seed,
         "seeds": seeds,
         "interval": None if len(seeds) < 2 else "Student-t 95 % over seeds",
@@ -367,5 +372,6 @@ def run_table2(
     write_json_atomic(RunFolder(run_folder).evidence("table2"), table)
     write_text_atomic(out / "table2.csv", table2_csv(rows))
     write_text_atomic(out / "table2_cells.csv", cells_csv(cells))
-    write_text_atomic(out / "table2.md", table2_markdown(rows, str(table["note"]), cells))
+    markdown = table2_markdown(rows, str(table["note"]), cells)
+    write_text_atomic(out / "table2.md", markdown + "\n" + findings_markdown(findings))
     return table

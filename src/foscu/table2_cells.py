@@ -12,50 +12,42 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from foscu.errors import InputError
 from foscu.runs import RunFolder
 
-if TYPE_CHECKING:
-    from foscu.config import FoscuConfig
-
 REUSE_KEYS = ("synthetic_fraction", "synthetic_digest")
-
-
-def requested_training(
-    cfg: FoscuConfig, prepared_root: Path, synthetic_dir: Path | None, seed: int
-) -> dict[str, Any]:
-    """The fraction and the digest of the draw a real + synthetic cell with ``seed`` trains on; {} for real.
-
-    The same draw as the stage's (``segmentation.train.training_items``), so equal digests mean equal data.
-    """
-    if synthetic_dir is None:
-        return {}
-    from foscu.data.prepare import read_prepared
-    from foscu.segmentation.train import synthetic_digest, training_items
-
-    fraction = cfg.segmentation.synthetic_fraction
-    _, drawn = training_items(read_prepared(Path(prepared_root)), [Path(synthetic_dir)], fraction, seed)
-    return {"synthetic_fraction": fraction, "synthetic_digest": synthetic_digest(drawn)}
 
 
 def _describe(values: dict[str, Any]) -> str:
     digest = values.get("synthetic_digest")
     drawn = f"the synthetic draw {digest[:12]}" if digest else "no recorded synthetic draw"
-    return f"synthetic_fraction {values.get('synthetic_fraction')} and {drawn}"
+    text = f"synthetic_fraction {values.get('synthetic_fraction')} and {drawn}"
+    if "synthetic_digest" not in values and "synthetic_fraction" not in values:
+        text = "real data only"
+    plan = values.get("plan") or {}
+    return text + f", {values.get('steps')} steps" + (f" ({plan.get('protocol')})" if plan else "")
+
+
+def _recorded(path: Path) -> dict[str, Any]:
+    """A cell's config.yaml, with ``steps`` = the steps it was set to train (its section's train.steps)."""
+    recorded = yaml.safe_load(path.read_text()) if path.is_file() else None
+    recorded = recorded if isinstance(recorded, dict) else {}
+    section = recorded.get("section", recorded.get("segmentation")) or {}
+    return {**recorded, "steps": (section.get("train") or {}).get("steps")}
 
 
 def check_reusable(run: RunFolder, stage: str, requested: dict[str, Any]) -> None:
-    """Refuse to reuse (skip or resume) cell ``stage`` when it recorded another fraction or synthetic draw."""
+    """Refuse to reuse (skip or resume) cell ``stage`` when it recorded another fraction, synthetic draw,
+    step count or protocol plan than ``requested`` (the keys it holds)."""
     if not requested:
         return
     path = run.config(stage)
-    recorded = yaml.safe_load(path.read_text()) if path.is_file() else None
-    recorded = recorded if isinstance(recorded, dict) else {}
-    if any(recorded.get(key) != requested[key] for key in REUSE_KEYS):
+    recorded = _recorded(path)
+    if any(recorded.get(key) != value for key, value in requested.items()):
         evaluation = run.evaluation / "seg" / f"{stage.split('/', 1)[-1]}.json"
         raise InputError(
             path,
@@ -69,6 +61,7 @@ def cell_record(run: RunFolder, stage: str, **keys: Any) -> dict[str, Any]:
     config = yaml.safe_load(run.config(stage).read_text()) or {}
     metrics = json.loads(run.metrics(stage).read_text())
     cases = config.get("training_cases") or {}
+    plan = config.get("plan") or {}
     return {
         **keys,
         "folder": stage,
@@ -78,11 +71,14 @@ def cell_record(run: RunFolder, stage: str, **keys: Any) -> dict[str, Any]:
         "steps": metrics.get("steps"),
         "best_step": metrics.get("best_step"),  # None: trained before metrics.json recorded it
         "stopped_early": metrics.get("stopped_early"),
+        "val_dice": (metrics.get("best") or {}).get("val_dice"),  # the real validation split's, at best_step
+        "budget": plan.get("budget"),  # the rule that set the steps (None: trained before budgets)
+        **{k: plan[k] for k in ("supervised_classes", "kept", "synthetic_draw") if k in plan},
     }
 
 
-CELL_COLUMNS = ["arch", "task", "data", "seed", "real_cases", "synthetic_cases", "steps", "best_step"]
-CELL_COLUMNS += ["stopped_early", "synthetic_fraction", "synthetic_digest"]
+CELL_COLUMNS = ["arch", "task", "protocol", "data", "seed", "real_cases", "synthetic_cases", "steps"]
+CELL_COLUMNS += ["best_step", "stopped_early", "val_dice", "budget", "synthetic_fraction", "synthetic_digest"]
 
 
 def cells_csv(cells: list[dict[str, Any]]) -> str:
@@ -99,12 +95,14 @@ def cells_markdown(cells: list[dict[str, Any]]) -> str:
     lines = [
         "## Training per cell",
         "",
-        "| Model | Segmentation | Data | Seed | Real cases | Synthetic cases | Steps | Best step | Stopped early |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|",
+        "| Model | Segmentation | Protocol | Data | Seed | Real cases | Synthetic cases | Steps | Best step "
+        "| Stopped early | Validation Dice |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---|---:|",
     ]
     for c in cells:
-        values = [c["arch"], c["task"], c["data"], c["seed"], c["real_cases"], c["synthetic_cases"]]
-        values += [c["steps"], c["best_step"], {True: "yes", False: "no"}.get(c["stopped_early"])]
+        values = [c["arch"], c["task"], c.get("protocol"), c["data"], c["seed"], c["real_cases"]]
+        values += [c["synthetic_cases"], c["steps"], c["best_step"]]
+        values += [{True: "yes", False: "no"}.get(c["stopped_early"]), c.get("val_dice")]
         lines.append("| " + " | ".join("n/a" if v is None else str(v) for v in values) + " |")
     return "\n".join(lines)
 
@@ -114,7 +112,7 @@ def counts_note(cells: list[dict[str, Any]]) -> str:
     if not cells:
         return ""
     parts = []
-    for data in ("real", "real+synthetic"):
+    for data in dict.fromkeys(c["data"] for c in cells):
         mine = [c for c in cells if c["data"] == data]
         counts = sorted({(c["real_cases"], c["synthetic_cases"]) for c in mine}, key=str)
         if mine:
@@ -136,11 +134,22 @@ def counts_note(cells: list[dict[str, Any]]) -> str:
         text += "."
     if mixed:
         digests = {c["synthetic_digest"] for c in mixed}
-        text += (
-            " Every seed trained on the same synthetic cases, drawn from one sampled set"
-            if len(digests) == 1
-            else " The seeds drew different synthetic cases from one sampled set"
-        )
-        text += ", so the intervals leave out the generator's sampling variance."
+        draws = {str(c["synthetic_draw"]) for c in mixed if c.get("synthetic_draw")}
+        if len(digests) == 1:
+            text += (
+                " Every seed trained on the same synthetic cases, so the intervals leave out the "
+                "generator's sampling variance."
+            )
+        elif draws & {"one sample folder per seed", "disjoint draws from one pool, one per seed"}:
+            text += (
+                f" Each seed trained on its own synthetic cases ({', '.join(sorted(draws))}), so the "
+                "intervals include the generator's sampling variance (not its training variance: one "
+                "trained generator)."
+            )
+        else:
+            text += (
+                " The seeds drew different, overlapping synthetic cases from one sampled set, so the "
+                "intervals hold only part of the generator's sampling variance."
+            )
     stopped = sum(bool(c["stopped_early"]) for c in cells)
     return text + f" Stopped early: {stopped} of {len(cells)} cells (best step per cell: table2.md)."

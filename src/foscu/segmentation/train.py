@@ -22,18 +22,23 @@ from foscu.segmentation.predict import NET
 if TYPE_CHECKING:
     import torch
     from torch import nn
+    from torch.utils.data import Dataset
 
     from foscu.context import StageContext
     from foscu.data.prepare import PreparedSet
 
 
-def run_name(arch: str, task: Task, synthetic: bool, seed: int | None = None, n: int | None = None) -> str:
-    """``<arch>-<task>-<real|real+synthetic>[-n<k>][-seed<k>]``: the folder under RUN/seg/.
+def run_name(
+    arch: str, task: Task, synthetic: bool | str, seed: int | None = None, n: int | None = None
+) -> str:
+    """``<arch>-<task>-<data>[-n<k>][-seed<k>]``: the folder under RUN/seg/.
 
-    ``seed`` only for a run trained with another seed than the config's (Table II's extra seeds); ``n`` only
-    for a run on a subset of ``n`` real training cases (the data-scarcity curve).
+    ``synthetic``: False -> ``real``, True -> ``real+synthetic``, or a protocol phase's data tag
+    (protocols.DATA_TAGS). ``seed`` only for a run trained with another seed than the config's (Table II's
+    extra seeds); ``n`` only for a run on a subset of ``n`` real training cases (the data-scarcity curve).
     """
-    name = f"{arch}-{task}-{'real+synthetic' if synthetic else 'real'}"
+    data = synthetic if isinstance(synthetic, str) else ("real+synthetic" if synthetic else "real")
+    name = f"{arch}-{task}-{data}"
     name = name if n is None else f"{name}-n{n}"
     return name if seed is None else f"{name}-seed{seed}"
 
@@ -45,23 +50,30 @@ class SegmentationLoss:
     nnU-Net's weights 1, 1/2, 1/4 ... normalised to sum to 1.
     """
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: Task, batch_dice: bool = False) -> None:
         from monai.losses import DiceCELoss
 
+        from foscu.segmentation.protocol_loss import MaskedDiceCELoss
+
         if task == "binary":
-            self.loss = DiceCELoss(sigmoid=True)
+            self.loss = DiceCELoss(sigmoid=True, batch=batch_dice)
         else:
-            self.loss = DiceCELoss(softmax=True, to_onehot_y=True, include_background=False)
+            self.loss = DiceCELoss(softmax=True, to_onehot_y=True, include_background=False, batch=batch_dice)
+        self.masked = MaskedDiceCELoss(task, batch_dice)  # items with a class_mask (class-masked protocol)
 
     def __call__(self, nets: dict[str, nn.Module], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         logits = nets[NET](batch["image"])  # (B, C, X, Y, Z) or (B, heads, C, X, Y, Z)
-        label = batch["label"]  # (B, 1, X, Y, Z)
+        label, mask = batch["label"], batch.get("class_mask")  # (B, 1, X, Y, Z), (B, C) or None
+
+        def loss(out: torch.Tensor) -> torch.Tensor:
+            return self.loss(out, label) if mask is None else self.masked(out, label, mask)
+
         if logits.dim() == 6:
             weights = [0.5**i for i in range(logits.shape[1])]
             total = sum(weights)
-            losses = [w / total * self.loss(logits[:, i], label) for i, w in enumerate(weights)]
-            return {"loss": sum(losses), "loss_full_resolution": self.loss(logits[:, 0], label).detach()}
-        return {"loss": self.loss(logits, label)}
+            losses = [w / total * loss(logits[:, i]) for i, w in enumerate(weights)]
+            return {"loss": sum(losses[1:], losses[0]), "loss_full_resolution": loss(logits[:, 0]).detach()}
+        return {"loss": loss(logits)}
 
 
 class Validator:
@@ -149,22 +161,29 @@ def _numbered(parts: list[str], prefix: str) -> int | None:
     return None
 
 
+def data_tag(name: str) -> str:
+    """The data part of a segmentation stage name: ``real``, ``real+synthetic`` or a protocol phase's tag."""
+    return name.removeprefix(seg_stage("")).split("-")[2]
+
+
 def parse_run_name(name: str) -> tuple[str, Task, bool, int | None]:
-    """``[seg/]<arch>-<task>-<real|real+synthetic>[-n<k>][-seed<k>]`` -> (arch, task, synthetic, seed)."""
+    """``[seg/]<arch>-<task>-<data>[-n<k>][-seed<k>]`` -> (arch, task, synthetic (data is not real), seed)."""
     return parse_subset_run_name(name)[:4]  # type: ignore[return-value]
 
 
 def parse_subset_run_name(name: str) -> tuple[str, Task, bool, int | None, int | None]:
     """Like :func:`parse_run_name`, with the real-case count ``n`` of a subset run last (None: all)."""
+    from foscu.protocols import DATA_TAGS
+
     parts = name.removeprefix(seg_stage("")).split("-")
     seed = _numbered(parts, "seed")
     n = _numbered(parts, "n")
-    if len(parts) != 3 or parts[1] not in TASKS or parts[2] not in ("real", "real+synthetic"):
+    if len(parts) != 3 or parts[1] not in TASKS or parts[2] not in DATA_TAGS:
         raise InputError(
             "STAGE",
-            f"{name!r} is not seg/<arch>-<binary|multiclass>-<real|real+synthetic>[-n<k>][-seed<k>]",
+            f"{name!r} is not seg/<arch>-<binary|multiclass>-<{'|'.join(DATA_TAGS)}>[-n<k>][-seed<k>]",
         )
-    return parts[0], parts[1], parts[2] == "real+synthetic", seed, n  # type: ignore[return-value]
+    return parts[0], parts[1], parts[2] != "real", seed, n  # type: ignore[return-value]
 
 
 def build(info: dict[str, Any]) -> dict[str, nn.Module]:
@@ -248,6 +267,12 @@ def _training_items(ctx: StageContext, synthetic: bool) -> tuple[list[dict], lis
     fraction = seg.synthetic_fraction if ctx.synthetic_fraction is None else ctx.synthetic_fraction
     if fraction < 0:
         raise InputError("--synthetic-fraction", f"must be >= 0, got {fraction}")
+    if ctx.plan is not None:  # a Table II protocol's phase (protocols.py): its cases are resolved
+        return list(ctx.plan.real), list(ctx.plan.synthetic), fraction
+    if data_tag(ctx.name) not in ("real", "real+synthetic"):
+        raise InputError(
+            "STAGE", f"{ctx.name} trains only as a Table II protocol (foscu experiment / table2)"
+        )
     if synthetic != bool(ctx.synthetic):
         need = (
             "needs a synthetic set (--synthetic)"
@@ -267,10 +292,25 @@ def _training_items(ctx: StageContext, synthetic: bool) -> tuple[list[dict], lis
     return real, drawn, fraction if ctx.synthetic_count is None else None
 
 
+def _dataset(ctx: StageContext, task: Task, items: list[dict], n_real: int) -> Dataset:
+    """The training cases through the augmentation chain; with a protocol's class mask, each item also
+    carries the classes it supervises (real cases all, synthetic ones the mask's)."""
+    from foscu.data.transforms import SeededDataset, train_transforms
+    from foscu.labels import labels_for_task
+    from foscu.segmentation.protocol_loss import MaskedCases
+
+    seg = ctx.cfg.segmentation
+    cases = SeededDataset(items, train_transforms(task, seg.patch_size, seg.foreground_oversample))
+    mask = None if ctx.plan is None else ctx.plan.class_mask
+    if mask is None:
+        return cases
+    every = [1.0] * (len(labels_for_task(task)) if task == "multiclass" else 1)
+    return MaskedCases(cases, [every] * n_real + [list(mask)] * (len(items) - n_real))
+
+
 def recipe(ctx: StageContext) -> Recipe:
     """A 3D U-Net (paper II-C) on the real training split, plus synthetic pairs for ``real+synthetic``."""
     from foscu.config import check_arch
-    from foscu.data.transforms import SeededDataset, train_transforms
     from foscu.segmentation.networks import build_segmenter
 
     arch, task, synthetic, _ = parse_run_name(ctx.name)
@@ -283,7 +323,8 @@ def recipe(ctx: StageContext) -> Recipe:
             f"labels {prepared.labels} are liver-only: a multiclass model needs {LABELS}",
         )
     real, drawn, fraction = _training_items(ctx, synthetic)
-    items = real + drawn
+    if ctx.plan is not None and ctx.plan.init_from is not None:  # pretrain-finetune: from phase 1's weights
+        net.load_state_dict(ctx.load(ctx.plan.init_from)[0][NET].state_dict())
     info = {
         "arch": arch,
         "task": task,
@@ -293,14 +334,15 @@ def recipe(ctx: StageContext) -> Recipe:
         "training_cases": {"real": len(real), "synthetic": len(drawn)},
         "synthetic_cases": [item["case_id"] for item in drawn],
         "synthetic_digest": synthetic_digest(drawn),  # what Table II compares before reusing the cell
+        **({"plan": ctx.plan.info()} if ctx.plan is not None else {}),
     }
     if ctx.real_cases is not None:  # a subset run (the data-scarcity curve): which cases, how many pairs
         info["real_case_ids"] = [item["case_id"] for item in real]
         info["synthetic_count"] = ctx.synthetic_count
     return Recipe(
         {NET: net},
-        SegmentationLoss(task),
-        SeededDataset(items, train_transforms(task, seg.patch_size, seg.foreground_oversample)),
+        SegmentationLoss(task, seg.batch_dice),
+        _dataset(ctx, task, real + drawn, len(real)),
         [NET],
         Validator(
             prepared.datalist["validation"], task, list(seg.patch_size or prepared.roi), seg.sw_batch_size
