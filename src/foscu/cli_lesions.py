@@ -30,11 +30,13 @@ def lesions(
     ] = "controlnet",
 ) -> None:
     """Real training cases with tumors added, moved or resized; the image generated only around the edit."""
-    from foscu.generative.lesion_synthesis import FIGURE, synthesize_lesions
+    from foscu.figures_lesions import write_before_after
+    from foscu.generative.lesion_synthesis import synthesize_lesions
 
     record = synthesize_lesions(run, data, out, n_per_case, seed, method, margin, sampler, steps, controlnet)
+    figure = write_before_after(out)
     typer.echo(
         f"wrote {out}: {len(record['cases'])} cases from {len(record['sources'])} training cases "
-        f"({method}); before and after: {out / FIGURE}",
+        f"({method}); before and after: {figure or 'no tumor could be placed'}",
         err=True,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,3 +55,42 @@ def before_after_png(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, n
             ax.axis("off")
     fig.tight_layout()
     return png_bytes(fig)
+
+
+FIGURE = "before_after.png"
+
+
+def write_before_after(out: Path, n: int = 3) -> Path | None:
+    """``OUT/before_after.png`` for the first ``n`` cases of a ``foscu lesions`` set that received a tumor,
+    read from its files (``samples.json`` names each case's source in the prepared set); None when none did."""
+    import json
+
+    from foscu.data.nifti import read_nifti
+    from foscu.data.prepare import read_prepared
+    from foscu.runs import atomic_path
+
+    out = Path(out)
+    record = json.loads((out / "samples.json").read_text())
+    sources = {e["case_id"]: e for e in read_prepared(Path(record["data"])).datalist["training"]}
+    rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]] = []
+    for case_id, case in record["cases"].items():
+        if len(rows) == n:
+            break
+        if not any("volume_ml" in e for e in case["edits"]):
+            continue
+        real = sources[case["source"]]
+        rows.append(
+            (
+                case_id,
+                read_nifti(real["image"]).array,
+                read_nifti(real["label"], label=True).array,
+                read_nifti(out / "imagesTr" / f"{case_id}_0000.nii.gz").array,
+                read_nifti(out / "labelsTr" / f"{case_id}.nii.gz", label=True).array,
+                case,
+            )
+        )
+    if not rows:
+        return None
+    with atomic_path(out / FIGURE) as png:
+        png.write_bytes(before_after_png(rows))
+    return out / FIGURE

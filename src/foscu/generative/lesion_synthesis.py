@@ -4,8 +4,9 @@ Each training case of a prepared set gets ``n_per_case`` edited copies: its labe
 resized inside the liver (generative/lesion_masks.py, sizes and counts drawn from the training split's real
 tumors), and its image generated only in and around the edited voxels (generative/inpainting.py) — the real
 scan everywhere else. Validation and test cases are never a source. Output: an nnU-Net raw set (imagesTr,
-labelsTr, dataset.json) with ``samples.json`` (per case: source, seed, edits, seam and contrast numbers) and
-``before_after.png``, usable as ``--synthetic DIR`` by Table II and ``foscu export nnunet``.
+labelsTr, dataset.json) with ``samples.json`` (per case: source, seed, edits, seam and contrast numbers),
+usable as ``--synthetic DIR`` by Table II and ``foscu export nnunet``; ``figures_lesions.write_before_after``
+adds ``before_after.png`` from these files.
 """
 
 from __future__ import annotations
@@ -21,9 +22,7 @@ import numpy as np
 from foscu.errors import InputError
 from foscu.generative.inpainting import METHODS
 from foscu.labels import LABELS, TUMOR
-from foscu.runs import RunPath, as_run, atomic_folder, atomic_path, write_json_atomic
-
-FIGURE = "before_after.png"
+from foscu.runs import RunPath, as_run, atomic_folder, write_json_atomic
 
 
 def case_seed(seed: int, case_id: str, k: int) -> int:
@@ -154,7 +153,6 @@ def synthesize_lesions(
     from foscu.data.layout import image_path, label_path, write_dataset_json
     from foscu.data.nifti import write_nifti
     from foscu.engine.tracking import progress_bar
-    from foscu.figures_lesions import before_after_png
     from foscu.generative.lesion_masks import tumor_pool
 
     if method not in METHODS:
@@ -169,7 +167,6 @@ def synthesize_lesions(
     pool = tumor_pool([lab.array for _, _, lab in cases], spacing)
     start = time.perf_counter()
     records: dict[str, dict] = {}
-    shown: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]] = []
     bar = progress_bar("lesions", len(cases) * n_per_case, enabled=progress)
     with atomic_folder(out) as tmp, bar as advance:
         for (case_id, image, label), k in itertools.product(cases, range(n_per_case)):
@@ -180,8 +177,6 @@ def synthesize_lesions(
             write_nifti(image_path(tmp, new_id), out_image, image.affine)
             write_nifti(label_path(tmp, new_id), out_label, label.affine, label=True)
             records[new_id] = {"source": case_id, "method": method, **record}
-            if len(shown) < 3 and record["changed_voxels"]:
-                shown.append((new_id, image.array, label.array, out_image, out_label, records[new_id]))
             advance(1)
         write_dataset_json(tmp, f"FOSCU lesion synthesis ({method})", len(records), labels=LABELS)
         summary = {
@@ -202,7 +197,4 @@ def synthesize_lesions(
             "cases": records,
         }
         write_json_atomic(tmp / "samples.json", summary)
-        if shown:
-            with atomic_path(tmp / FIGURE) as png:
-                png.write_bytes(before_after_png(shown))
     return summary
