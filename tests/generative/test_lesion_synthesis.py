@@ -132,6 +132,41 @@ def test_inpainting_keeps_the_known_latent_outside_its_mask(tiny_run):
     assert (z_0[~outside] - z_known[~outside]).abs().max() > 1e-3  # drawn inside
 
 
+def test_inpainting_with_nothing_known_is_the_plain_sample(tiny_run):
+    import torch
+
+    from foscu.generative.inpainting import inpaint_latent
+    from foscu.generative.sampling import _sample_latent, load_pipeline
+
+    pipe = load_pipeline(tiny_run)
+    shape = pipe.image.latent_shape
+    cond = torch.zeros((1, len(pipe.labels), *pipe.roi))
+    cond[:, 1] = 1
+    everywhere = torch.ones((1, 1, *shape[1:]))
+    z_0 = inpaint_latent(
+        pipe.image, torch.zeros((1, *shape)), everywhere, 5, "ddim", 3, pipe.controlnet, cond
+    )
+    plain = _sample_latent(pipe.image, [5], 1, "ddim", 3, pipe.controlnet, cond)  # the image stream
+    assert torch.allclose(z_0, plain, atol=1e-6)  # same noise as generate_batch: blend and inpaint pair up
+
+
+def test_known_latent_is_noised_to_the_timestep_reached():
+    import torch
+
+    from foscu.config import SchedulerConfig
+    from foscu.generative.inpainting import _noiser
+    from foscu.generative.schedulers import sampling_scheduler
+
+    cfg = SchedulerConfig(num_train_timesteps=1000)
+    z_0, eps = torch.full((1, 1, 2, 2, 2), 2.0), torch.full((1, 1, 2, 2, 2), -1.0)
+    rflow = _noiser(sampling_scheduler(cfg, "rflow", "rflow"), "rflow")
+    assert torch.allclose(rflow(z_0, eps, 250.0), torch.full_like(z_0, 0.75 * 2.0 + 0.25 * -1.0))
+    ddim = sampling_scheduler(cfg, "epsilon", "ddim")
+    abar = float(ddim.alphas_cumprod[600])
+    expected = abar**0.5 * 2.0 - (1 - abar) ** 0.5
+    assert torch.allclose(_noiser(ddim, "ddim")(z_0, eps, 600), torch.full_like(z_0, expected))
+
+
 def _read(path: Path) -> np.ndarray:
     return np.asarray(nib.load(path).dataobj)
 

@@ -187,7 +187,7 @@ def synthesize_lesions(
             "seed": seed,
             "n_per_case": n_per_case,
             "run": str(as_run(run).root),
-            "data": str(Path(data)),
+            "data": str(Path(data).resolve()),
             "controlnet": controlnet_folder,
             "sources": sorted({r["source"] for r in records.values()}),
             "tumor_pool": _pool_record(pool),
