@@ -113,6 +113,18 @@ def test_feathered_paste_is_the_real_image_beyond_the_margin():
     assert np.array_equal(out[changed], generated[changed])
 
 
+def test_decoder_bias_is_the_trusted_voxels_error_carried_into_the_core():
+    from foscu.generative.inpainting import decoder_bias
+
+    real = np.full((12, 12, 12), 0.8, dtype=np.float32)
+    recon = real - 0.15  # a decoder that darkens everything by 0.15
+    core = np.zeros(real.shape, dtype=bool)
+    core[4:8, 4:8, 4:8] = True
+    recon[core] = 0.2  # the old content of the edited core: its error must not leak
+    bias = decoder_bias(real, recon, ~core)
+    np.testing.assert_allclose(bias, 0.15, atol=1e-5)
+
+
 def test_inpainting_keeps_the_known_latent_outside_its_mask(tiny_run):
     import torch
 

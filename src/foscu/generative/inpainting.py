@@ -6,7 +6,9 @@ by ``margin`` voxels the output is the real image exactly:
 - ``inpaint`` (the default): latent inpainting (RePaint, Lugmayr et al. 2022, as DiffTumor uses it): the real
   image's latent z_known is re-imposed outside the region at every sampling step, noised to the step's
   timestep with the sample's own starting noise (epsilon: sqrt(a_t) z_0 + sqrt(1 - a_t) eps; rflow:
-  (1 - t) z_0 + t eps, MONAI's ``add_noise``), while ControlNet draws the inside for the edited mask;
+  (1 - t) z_0 + t eps, MONAI's ``add_noise``), while ControlNet draws the inside for the edited mask; the
+  decoder's own smoothed error on the real scan is added back (``decoder_bias``), else a VAE that darkens
+  the liver leaves a step at the border;
 - ``blend``: the whole image drawn for the edited mask (what ``foscu sample --labels`` writes), pasted in.
 """
 
@@ -132,8 +134,22 @@ def generate_region(
     )
     mask = latent_mask(weight, image.latent_shape[1:])
     z_0 = inpaint_latent(image, z_known, mask, seed, sampler, steps, pipe.controlnet, cond)
-    decoded = decode_volume(image.autoencoder, z_0 / image.scale, pipe.decode_patch)
-    return decoded[0, 0].clamp(0.0, 1.0).cpu().numpy()  # the real image's range: no min-max rescaling
+    decoded = decode_volume(image.autoencoder, z_0 / image.scale, pipe.decode_patch)[0, 0].cpu().numpy()
+    recon = decode_volume(image.autoencoder, z_known / image.scale, pipe.decode_patch)[0, 0].cpu().numpy()
+    bias = decoder_bias(real, recon, weight < 1)
+    return np.clip(decoded + bias, 0.0, 1.0)  # the real image's range: no min-max rescaling
+
+
+def decoder_bias(real: np.ndarray, recon: np.ndarray, trusted: np.ndarray, sigma: float = 2.0) -> np.ndarray:
+    """The decoder's local error on the real scan, real - decode(encode(real)), smoothed (Gaussian, ``sigma``
+    voxels) over the ``trusted`` voxels only (normalised convolution; the edited core, whose old content is
+    gone, is left out): added to the inpainted image, the generated region meets the real scan at its level."""
+    from scipy import ndimage
+
+    trust = trusted.astype(np.float32)
+    num = ndimage.gaussian_filter((real - recon) * trust, sigma)
+    den = ndimage.gaussian_filter(trust, sigma)
+    return np.where(den > 1e-3, num / np.maximum(den, 1e-3), 0.0).astype(np.float32)
 
 
 def tumor_contrast(image: np.ndarray, label: np.ndarray, tumor: np.ndarray) -> float | None:
