@@ -12,7 +12,7 @@ from typing import Annotated, ParamSpec
 
 import typer
 
-from foscu import cli_export
+from foscu import cli_export, cli_lesions
 from foscu.errors import InputError
 
 app = typer.Typer(
@@ -58,6 +58,7 @@ def _command(group: typer.Typer, name: str | None = None) -> Callable[[Callable[
 
 _command(cli_export.export_app, "generator")(cli_export.generator)
 _command(cli_export.export_app, "nnunet")(cli_export.nnunet)
+_command(app, "lesions")(cli_lesions.lesions)
 
 
 @_command(app)

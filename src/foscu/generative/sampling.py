@@ -7,7 +7,7 @@ batch size or the number of GPUs; under torchrun the N samples are split across 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -124,11 +124,13 @@ def denoise(
     generators: list[torch.Generator],
     control: nn.Module | None = None,
     condition: torch.Tensor | None = None,
+    impose: Callable[[torch.Tensor, Any], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Run the reverse process from z_T = noise to z_0 (scaled latent space).
 
     ``steps`` None: DDPM with all its training timesteps (the only count it samples correctly), DDIM/RFlow
-    ``SampleConfig``'s default.
+    ``SampleConfig``'s default. ``impose(z_t, t)``: applied to z_T and after every step (t: the timestep
+    reached, None after the last) — latent inpainting re-imposes the known region (generative/inpainting.py).
     """
     steps = sampler_steps(model.scheduler, sampler, steps)
     scheduler = sampling_scheduler(model.scheduler, model.objective, sampler)  # type: ignore[arg-type]
@@ -140,7 +142,7 @@ def denoise(
         scheduler.set_timesteps(steps, device=noise.device)
     nets = {"unet": model.unet} if control is None else {"unet": model.unet, "controlnet": control}
     timesteps = list(scheduler.timesteps)
-    z_t = noise
+    z_t = noise if impose is None else impose(noise, timesteps[0])
     for i, t in enumerate(timesteps):
         t_batch = torch.full((z_t.shape[0],), float(t), device=z_t.device)
         # 1. predict the noise (or the velocity)
@@ -158,6 +160,8 @@ def denoise(
                     for j in range(z_t.shape[0])
                 ]
             )
+        if impose is not None:
+            z_t = impose(z_t, timesteps[i + 1] if i + 1 < len(timesteps) else None)
     return z_t
 
 
