@@ -249,12 +249,26 @@ class DiffusionStage(GenerativeStage):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     # epsilon: the paper's eq. 1 (sampled with ddpm or ddim); rflow: rectified flow (velocity), sampled with rflow
     objective: Literal["epsilon", "rflow"] = "epsilon"
+    # val_loss averaged over this many fixed draws of noise and timestep per case (generative/validation.py)
+    val_draws: int = Field(1, ge=1)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @field_validator("unet")
     @classmethod
     def _unet_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return _check_monai_keys(value, "DiffusionModelUNet", ("spatial_dims", "in_channels", "out_channels"))
+        fixed = (
+            "spatial_dims",
+            "in_channels",
+            "out_channels",
+            "num_class_embeds",
+        )  # label_ldm.tumor_condition
+        return _check_monai_keys(value, "DiffusionModelUNet", fixed)
+
+
+class LabelDiffusionStage(DiffusionStage):
+    """label-ldm; ``tumor_condition``: conditioned on the case's tumor presence (generative/tumor_condition.py)."""
+
+    tumor_condition: bool = False
 
 
 class ControlNetStage(GenerativeStage):
@@ -265,6 +279,7 @@ class ControlNetStage(GenerativeStage):
     )
     conditioning_embedding_num_channels: list[int] = Field(default_factory=lambda: [16, 32])
     class_weights: dict[str, float] | None = None  # e.g. {tumor: 100}, as MAISI weights small structures
+    val_draws: int = Field(1, ge=1)  # as DiffusionStage.val_draws, for the true and the shuffled mask
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
@@ -284,6 +299,9 @@ class SampleConfig(Section):
     # components below min_tumor_ml (the smallest real tumor: 2 mL in the proof set) and detached vessels out
     clean_labels: bool = False
     min_tumor_ml: float = Field(2.0, gt=0)
+    conditioning_scale: float = Field(1.0, ge=0, description="the ControlNet residuals' factor at sampling")
+    # label_ldm.tumor_condition: each sample has a tumor with this probability (None: the training prevalence)
+    tumor_prevalence: float | None = Field(None, ge=0, le=1)
 
 
 class ExperimentConfig(Section):
@@ -338,7 +356,7 @@ class FoscuConfig(Section):
     label_vae: AutoencoderStage
     image_vae: ImageAutoencoderStage
     vqvae: VQVAEStage
-    label_ldm: DiffusionStage
+    label_ldm: LabelDiffusionStage
     image_ldm: DiffusionStage
     vqvae_ldm: DiffusionStage
     controlnet: ControlNetStage = Field(default_factory=ControlNetStage)
@@ -349,6 +367,8 @@ class FoscuConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> FoscuConfig:
+        if self.sample.tumor_prevalence is not None and not self.label_ldm.tumor_condition:
+            raise ValueError("sample.tumor_prevalence: set label_ldm.tumor_condition: true with it")
         if self.sample.sampler == "rflow" and self.label_ldm.scheduler.num_train_timesteps < 2:
             raise ValueError("rflow sampling needs num_train_timesteps >= 2")
         if self.sample.sampler == "ddpm":  # see generative/sampling.py:sampler_steps

@@ -210,6 +210,7 @@ BUDGET = ("steps", "epochs")  # train settings a resume may change: it may train
 ADDED: dict[str, Any] = {
     "keep_best": False,
     "structure_weight": 0.0,
+    **{"val_draws": 1, "tumor_condition": False},  # LDMs and ControlNet; label LDM
     **{"pretrained": None, "maisi": {}, "weights": None, "freeze": False, "intensity": None},  # MAISI
 }
 ADDED_TRAIN = {"warmup_steps": 0, "lr_schedule": "constant", "min_lr_ratio": 0.0}
