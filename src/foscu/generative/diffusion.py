@@ -32,7 +32,9 @@ def build_diffusion(stage: DiffusionStage, latent_channels: int) -> dict[str, nn
 
     from foscu.generative.tumor_condition import NUM_CLASSES
 
-    classes = {"num_class_embeds": NUM_CLASSES} if getattr(stage, "tumor_condition", False) else {}
+    classes: dict[str, Any] = (
+        {"num_class_embeds": NUM_CLASSES} if getattr(stage, "tumor_condition", False) else {}
+    )
     unet = DiffusionModelUNet(
         spatial_dims=3, in_channels=latent_channels, out_channels=latent_channels, **stage.unet, **classes
     )
