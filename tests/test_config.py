@@ -100,6 +100,11 @@ def test_paper_preset_uses_pytorch_adamw_default_weight_decay_for_generative_sta
         ("image_vae.discriminator.layers=3", ["image_vae.discriminator"]),
         ("image_vae.autoencoder.in_channels=3", ["image_vae.autoencoder", "in_channels"]),
         ("sample.sampler=ddpm", ["sample.steps", "50 training timesteps"]),
+        ("label_ldm.unet.num_class_embeds=2", ["label_ldm.unet", "num_class_embeds", "set by FOSCU"]),
+        ("sample.tumor_prevalence=0.5", ["sample.tumor_prevalence", "label_ldm.tumor_condition"]),
+        ("image_ldm.tumor_condition=true", ["image_ldm", "tumor_condition"]),
+        ("sample.tumor_prevalence=1.5", ["sample.tumor_prevalence"]),
+        ("controlnet.val_draws=0", ["controlnet.val_draws"]),
     ],
 )
 def test_settings_that_would_be_ignored_or_fail_late_are_refused_at_load(override, needles):

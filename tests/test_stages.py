@@ -310,3 +310,18 @@ def test_a_folder_recorded_before_the_schedule_and_keep_best_keys_still_resumes(
     warm = {**section, "train": {**section["train"], "warmup_steps": 2}}
     with pytest.raises(InputError, match="differs"):
         check_resume(run, "image-vae", warm, resume=True)
+
+
+def test_an_ldm_folder_recorded_before_val_draws_and_tumor_condition_still_resumes(tmp_path):
+    from foscu.stages import check_resume
+
+    run = RunFolder(tmp_path / "run")
+    section = load_config("tiny").label_ldm.model_dump(mode="json")
+    old = {k: v for k, v in section.items() if k not in ("val_draws", "tumor_condition")}
+    run.stage("label-ldm").mkdir(parents=True)
+    run.state("label-ldm").write_bytes(b"state")
+    run.config("label-ldm").write_text(yaml.safe_dump({"stage": "label-ldm", "section": old}))
+    check_resume(run, "label-ldm", section, resume=True)  # the new keys at the values of before: resumes
+    for key, value in (("val_draws", 4), ("tumor_condition", True)):
+        with pytest.raises(InputError, match="differs"):
+            check_resume(run, "label-ldm", {**section, key: value}, resume=True)

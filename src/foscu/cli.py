@@ -337,13 +337,33 @@ def sample(
         str, typer.Option("--controlnet", help="ControlNet stage folder in the run")
     ] = "controlnet",
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
+    conditioning_scale: Annotated[
+        float | None, typer.Option("--conditioning-scale", min=0, help="ControlNet residuals x (config)")
+    ] = None,
+    tumor_prevalence: Annotated[
+        float | None, typer.Option("--tumor-prevalence", min=0, max=1, help="share of tumor labels")
+    ] = None,
 ) -> None:
     """Generate synthetic (image, label) pairs: label LDM, then image LDM under ControlNet."""
     from foscu.export.generator import sampling_source
     from foscu.generative.sampling import generate
 
     source = sampling_source(run, generator)
-    generate(source, n, out, sampler, steps, seed, labels, model, controlnet, batch_size)
+    generate(
+        source,
+        n,
+        out,
+        sampler,
+        steps,
+        seed,
+        labels,
+        model,
+        controlnet,
+        batch_size,
+        True,
+        conditioning_scale=conditioning_scale,
+        tumor_prevalence=tumor_prevalence,
+    )
     typer.echo(f"wrote {out}", err=True)
 
 

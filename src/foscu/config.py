@@ -253,12 +253,26 @@ class DiffusionStage(GenerativeStage):
     objective: Literal["epsilon", "rflow"] = "epsilon"
     # train on each case and this many small random affine copies of it (generative/latent_augment.py)
     augment_copies: int = Field(0, ge=0, le=32)
+    # val_loss averaged over this many fixed draws of noise and timestep per case (generative/validation.py)
+    val_draws: int = Field(1, ge=1)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @field_validator("unet")
     @classmethod
     def _unet_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return _check_monai_keys(value, "DiffusionModelUNet", ("spatial_dims", "in_channels", "out_channels"))
+        fixed = (
+            "spatial_dims",
+            "in_channels",
+            "out_channels",
+            "num_class_embeds",
+        )  # label_ldm.tumor_condition
+        return _check_monai_keys(value, "DiffusionModelUNet", fixed)
+
+
+class LabelDiffusionStage(DiffusionStage):
+    """label-ldm; ``tumor_condition``: conditioned on the case's tumor presence (generative/tumor_condition.py)."""
+
+    tumor_condition: bool = False
 
 
 class ControlNetStage(GenerativeStage):
@@ -270,6 +284,7 @@ class ControlNetStage(GenerativeStage):
     conditioning_embedding_num_channels: list[int] = Field(default_factory=lambda: [16, 32])
     class_weights: dict[str, float] | None = None  # e.g. {tumor: 100}, as MAISI weights small structures
     augment_copies: int = Field(0, ge=0, le=32)  # as DiffusionStage's: label and image copy k deform alike
+    val_draws: int = Field(1, ge=1)  # as DiffusionStage.val_draws, for the true and the shuffled mask
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
@@ -293,6 +308,9 @@ class SampleConfig(Section):
     # novelty_tries draws in all (generative/novelty.py; needs the run's prepared set: `foscu sample --run`)
     novelty: bool = False
     novelty_tries: int = Field(4, ge=1)
+    conditioning_scale: float = Field(1.0, ge=0, description="the ControlNet residuals' factor at sampling")
+    # label_ldm.tumor_condition: each sample has a tumor with this probability (None: the training prevalence)
+    tumor_prevalence: float | None = Field(None, ge=0, le=1)
 
 
 class ExperimentConfig(Section):
@@ -348,7 +366,7 @@ class FoscuConfig(Section):
     label_vae: AutoencoderStage
     image_vae: ImageAutoencoderStage
     vqvae: VQVAEStage
-    label_ldm: DiffusionStage
+    label_ldm: LabelDiffusionStage
     image_ldm: DiffusionStage
     vqvae_ldm: DiffusionStage
     controlnet: ControlNetStage = Field(default_factory=ControlNetStage)
@@ -360,6 +378,8 @@ class FoscuConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> FoscuConfig:
+        if self.sample.tumor_prevalence is not None and not self.label_ldm.tumor_condition:
+            raise ValueError("sample.tumor_prevalence: set label_ldm.tumor_condition: true with it")
         if self.sample.sampler == "rflow" and self.label_ldm.scheduler.num_train_timesteps < 2:
             raise ValueError("rflow sampling needs num_train_timesteps >= 2")
         if self.sample.sampler == "ddpm":  # see generative/sampling.py:sampler_steps

@@ -224,6 +224,7 @@ ADDED: dict[str, Any] = {
     "keep_best": False,
     "augment_copies": 0,
     "structure_weight": 0.0,
+    **{"val_draws": 1, "tumor_condition": False},  # LDMs and ControlNet; label LDM
     **{"pretrained": None, "maisi": {}, "weights": None, "freeze": False, "intensity": None},  # MAISI
     "batch_dice": False,  # segmentation
 }

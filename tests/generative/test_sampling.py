@@ -194,3 +194,25 @@ def test_unit_range_scales_each_volume_to_zero_one():
     y = unit_range(x)
     torch.testing.assert_close(y[0].flatten(), torch.linspace(0, 1, 8))
     assert torch.equal(y[1], torch.zeros_like(y[1]))  # a constant volume becomes zeros, never NaN
+
+
+def test_conditioning_scale_zero_samples_the_image_ldm_alone(tiny_run, tmp_path):
+    from foscu.generative.sampling import generate
+
+    def sample(name: str, **kwargs) -> Path:
+        return generate(tiny_run, 2, tmp_path / name, "ddim", 3, seed=4, progress=False, **kwargs)
+
+    off, on = sample("off", conditioning_scale=0.0), sample("on")
+    alone = sample("alone", model="image-ldm")
+    for case in ("synth_0000", "synth_0001"):
+        np.testing.assert_array_equal(_image(off, case), _image(alone, case))  # the residuals x 0: none
+        assert np.abs(_image(on, case) - _image(alone, case)).max() > 0  # the ControlNet does act at 1
+    assert json.loads((off / "samples.json").read_text())["conditioning_scale"] == 0.0
+    assert json.loads((on / "samples.json").read_text())["conditioning_scale"] == 1.0
+
+
+def test_a_tumor_prevalence_is_refused_for_a_label_ldm_without_the_condition(tiny_run, tmp_path):
+    out = tmp_path / "x"
+    result = _cli("sample", "--run", tiny_run, "--n", 1, "--out", out, "--tumor-prevalence", 0.5)
+    assert result.exit_code == 2 and "without label_ldm.tumor_condition" in result.output
+    assert not out.exists()

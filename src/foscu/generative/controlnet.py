@@ -25,7 +25,7 @@ from foscu.config import ControlNetStage, FoscuConfig
 from foscu.data.loaders import LatentSet, one_hot
 from foscu.engine.loop import Recipe
 from foscu.errors import InputError
-from foscu.generative import diffusion, latents
+from foscu.generative import diffusion, latents, validation
 from foscu.labels import LABELS
 
 if TYPE_CHECKING:
@@ -185,19 +185,9 @@ class ControlNetLoss:
         )
 
 
-class ControlNetValidation:
-    """``val_loss``: the denoising loss on the validation latents under their own labels' condition."""
-
-    def __init__(
-        self, latent: diffusion.LatentValidation, make_batch: Any, extras: dict[str, torch.Tensor]
-    ) -> None:
-        self.latent, self.make_batch, self.extras = latent, make_batch, extras
-
-    def __call__(self, nets: dict[str, nn.Module]) -> dict[str, float]:
-        if self.latent.mean is None or len(self.latent.mean) == 0:
-            return {}
-        batch = self.make_batch({k: v.to(self.latent.device) for k, v in self.extras.items()})
-        return self.latent(nets, batch["condition"])
+def _first(extras: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """The first case's extras (kept as a batch of one); None for an empty split."""
+    return {k: v[:1] for k, v in extras.items()} if len(extras["labels"]) else None
 
 
 def recipe(ctx: StageContext) -> Recipe:
@@ -226,8 +216,8 @@ def recipe(ctx: StageContext) -> Recipe:
         num_classes=num_classes,
         class_weights=_class_weights(stage, ctx.prepared.labels),
     )
-    val = diffusion.LatentValidation(
-        cache.get("validation", {}).get("mean"), scale, scheduler, objective, ctx.device
+    val = validation.LatentValidation(
+        cache.get("validation", {}).get("mean"), scale, scheduler, objective, ctx.device, stage.val_draws
     )
     info = {
         "latent_channels": ldm_info["latent_channels"],
@@ -243,7 +233,7 @@ def recipe(ctx: StageContext) -> Recipe:
         ControlNetLoss(make_batch, scheduler, objective),
         LatentSet(cache["training"]["mean"], cache["training"]["sigma"], scale, extras["training"]),
         ["controlnet"],
-        ControlNetValidation(val, make_batch, extras["validation"]),
+        validation.ControlNetValidation(val, make_batch, extras["validation"], _first(extras["training"])),
         **ctx.best_by("val_loss"),
         info=info,
         metadata={"scale_factor": scale, "condition": stage.condition},

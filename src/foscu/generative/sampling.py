@@ -21,7 +21,7 @@ from foscu.config import SampleConfig, Sampler, SchedulerConfig, check_sampler, 
 from foscu.engine import distributed
 from foscu.engine.loop import _mix
 from foscu.errors import InputError
-from foscu.generative import autoencoders, controlnet, diffusion, label_cleaning
+from foscu.generative import autoencoders, controlnet, diffusion, label_cleaning, tumor_condition
 from foscu.generative.decoding import decode_volume, unit_range
 from foscu.generative.given_labels import Given, read_label_folder
 from foscu.generative.novelty import NoveltyCheck, draw_labels, for_sampling
@@ -58,6 +58,8 @@ class Pipeline:
     decode_patch: list[int] | None = None
     min_tumor_ml: float | None = None  # set: sampled labels are cleaned (generative/label_cleaning.py)
     novelty: NoveltyCheck | None = None  # set: near copies of training labels are redrawn
+    conditioning_scale: float = 1.0  # the ControlNet residuals' factor (sample.conditioning_scale)
+    tumor_prevalence: float | None = None  # set: the label LDM is conditioned on tumor presence
 
 
 def _latent_model(run: RunFolder, ldm: str, device: torch.device) -> tuple[LatentModel, dict[str, Any]]:
@@ -88,7 +90,8 @@ def load_pipeline(run_root: RunPath, model: str = "duo", controlnet_folder: str 
     image, info = _latent_model(run, ldm, device)
     pipe = Pipeline(image, roi=tuple(info["roi"]), spacing=tuple(info["spacing"]), labels=info["labels"])
     if model == "duo":
-        pipe.label = _latent_model(run, "label-ldm", device)[0]
+        pipe.label, label_info = _latent_model(run, "label-ldm", device)
+        pipe.tumor_prevalence = tumor_condition.trained_prevalence(label_info)
         nets, meta, cn_info = load_stage(run, controlnet_folder)
         pipe.controlnet, pipe.condition = nets["controlnet"].to(device), cn_info["condition"]
     return pipe
@@ -125,12 +128,15 @@ def denoise(
     control: nn.Module | None = None,
     condition: torch.Tensor | None = None,
     impose: Callable[[torch.Tensor, Any], torch.Tensor] | None = None,
+    conditioning_scale: float = 1.0,
+    class_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run the reverse process from z_T = noise to z_0 (scaled latent space).
 
     ``steps`` None: DDPM with all its training timesteps (the only count it samples correctly), DDIM/RFlow
     ``SampleConfig``'s default. ``impose(z_t, t)``: applied to z_T and after every step (t: the timestep
-    reached, None after the last) — latent inpainting re-imposes the known region (generative/inpainting.py).
+    reached, None after the last) — latent inpainting re-imposes the known region (generative/inpainting.py). ``conditioning_scale``: the ControlNet
+    residuals' factor; ``class_labels`` (B,): the label LDM's tumor presence.
     """
     steps = sampler_steps(model.scheduler, sampler, steps)
     scheduler = sampling_scheduler(model.scheduler, model.objective, sampler)  # type: ignore[arg-type]
@@ -146,7 +152,9 @@ def denoise(
     for i, t in enumerate(timesteps):
         t_batch = torch.full((z_t.shape[0],), float(t), device=z_t.device)
         # 1. predict the noise (or the velocity)
-        output = diffusion.predict(nets, z_t, t_batch, condition)
+        output = diffusion.predict(
+            nets, z_t, t_batch, condition, conditioning_scale=conditioning_scale, class_labels=class_labels
+        )
         # 2. z_t -> z_{t-1}
         if sampler == "rflow":
             next_t = timesteps[i + 1] if i + 1 < len(timesteps) else None
@@ -184,22 +192,28 @@ def _sample_latent(
     steps: int | None,
     control: nn.Module | None = None,
     condition: torch.Tensor | None = None,
+    **conditioning: Any,
 ) -> torch.Tensor:
-    """z_0 for each seed; ``stream`` separates the label (0) and image (1) noise of one sample."""
+    """z_0 for each seed; ``stream`` separates the label (0) and image (1) noise of one sample;
+    ``conditioning``: ``denoise``'s conditioning_scale and class_labels."""
     device = next(model.unet.parameters()).device
     stream_seeds = [_mix(s, stream) for s in seeds]
     noise = _noise(model.latent_shape, stream_seeds, device)
-    return denoise(model, noise, sampler, steps, _step_generators(stream_seeds, device), control, condition)
+    generators = _step_generators(stream_seeds, device)
+    return denoise(model, noise, sampler, steps, generators, control, condition, **conditioning)
 
 
 @torch.no_grad()
 def sample_labels(
     pipe: Pipeline, seeds: list[int], sampler: str, steps: int | None
 ) -> tuple[torch.Tensor, list[dict] | None]:
-    """Labels (B, X, Y, Z) for per-sample seeds: a label latent, decoded to class logits, their argmax, then
-    cleaned where ``pipe.min_tumor_ml`` is set (with each label's cleaning record; None when not cleaned)."""
+    """Labels (B, X, Y, Z) for per-sample seeds: a label latent (under each sample's drawn tumor presence when
+    the label LDM is conditioned on it), decoded to class logits, their argmax, then cleaned where
+    ``pipe.min_tumor_ml`` is set (with each label's cleaning record; None when not cleaned)."""
     assert pipe.label is not None
-    z_label = _sample_latent(pipe.label, seeds, 0, sampler, steps)
+    device = next(pipe.label.unet.parameters()).device
+    classes = tumor_condition.class_labels(seeds, pipe.tumor_prevalence, device)
+    z_label = _sample_latent(pipe.label, seeds, 0, sampler, steps, class_labels=classes)
     labels = decode_volume(pipe.label.autoencoder, z_label / pipe.label.scale, pipe.decode_patch).argmax(1)
     if pipe.min_tumor_ml is None:
         return labels, None
@@ -231,7 +245,10 @@ def generate_batch(
         pipe.condition or "", labels, label_latent, pipe.image.latent_shape[1:], num_classes
     )
     # 3. image: sample the image latent under ControlNet conditioning and decode
-    z_image = _sample_latent(pipe.image, seeds, 1, sampler, steps, pipe.controlnet, cond)
+    scale = pipe.conditioning_scale
+    z_image = _sample_latent(
+        pipe.image, seeds, 1, sampler, steps, pipe.controlnet, cond, conditioning_scale=scale
+    )
     images = decode_volume(pipe.image.autoencoder, z_image / pipe.image.scale, pipe.decode_patch)
     return unit_range(images)[:, 0].cpu().numpy(), labels.cpu().numpy().astype(np.uint8)
 
@@ -262,6 +279,20 @@ def _min_tumor_ml(run: RunFolder, model: str, given: bool) -> float | None:
         return None
     sample = load_config(str(run.run_config)).sample
     return sample.min_tumor_ml if sample.clean_labels else None
+
+
+def _conditioning(
+    pipe: Pipeline, run: RunFolder, sampled: bool, scale: float | None, prevalence: float | None
+) -> float | None:
+    """Set ``pipe``'s ControlNet scale and labels' tumor prevalence (``sampled``: the duo model draws labels):
+    each argument, else the run's ``sample`` section. -> the label LDM's training prevalence."""
+    cfg = load_config(str(run.run_config)).sample if run.run_config.is_file() else SampleConfig()
+    pipe.conditioning_scale = cfg.conditioning_scale if scale is None else scale
+    if pipe.conditioning_scale < 0:
+        raise InputError("--conditioning-scale", f"must be >= 0, got {pipe.conditioning_scale}")
+    trained = pipe.tumor_prevalence
+    pipe.tumor_prevalence = tumor_condition.resolve(trained, cfg.tumor_prevalence, prevalence, sampled)
+    return trained
 
 
 def _checked_pipeline(
@@ -339,11 +370,13 @@ def generate(
     controlnet_folder: str = "controlnet",
     batch_size: int | None = None,
     progress: bool = True,
+    conditioning_scale: float | None = None,
+    tumor_prevalence: float | None = None,
 ) -> Path:
     """``foscu sample``: write N synthetic (image, label) pairs — or images for given labels — to ``out``.
 
-    ``sampler``, ``steps``, ``batch_size`` None: the run's config.yaml, else ``SampleConfig``'s defaults.
-    Every bad argument is refused before anything is written.
+    ``sampler``, ``steps``, ``batch_size``, ``conditioning_scale``, ``tumor_prevalence`` None: the run's
+    config.yaml, else ``SampleConfig``'s defaults. Every bad argument is refused before anything is written.
     """
     from foscu.data.layout import write_dataset_json
 
@@ -354,6 +387,8 @@ def generate(
     pipe.decode_patch = decode_patch
     pipe.min_tumor_ml = _min_tumor_ml(as_run(run_root), model, given is not None)
     pipe.novelty, novelty_record = for_sampling(as_run(run_root), model, given is not None)
+    sampled = model == "duo" and given is None
+    trained = _conditioning(pipe, run, sampled, conditioning_scale, tumor_prevalence)
     cases = _cases(n, seed, given)
     if out.exists() and any(out.iterdir()):
         raise InputError(out, "output folder exists and is not empty (choose another or remove it)")
@@ -370,6 +405,7 @@ def generate(
             write_dataset_json(tmp, f"FOSCU synthetic ({model})", len(cases), labels=pipe.labels)
             per_case: dict[str, dict] = {c: {"seed": s} for c, _, s in cases}
             label_cleaning.merge_rank_records(tmp, per_case)
+            presence = tumor_condition.record(per_case, cases, trained, pipe.tumor_prevalence)
             record = {
                 "model": model,
                 "sampler": sampler,
@@ -378,6 +414,8 @@ def generate(
                 "run": str(run.root),
                 "controlnet": controlnet_folder if model == "duo" else None,
                 "condition": pipe.condition,
+                "conditioning_scale": pipe.conditioning_scale if model == "duo" else None,
+                "tumor_condition": presence,
                 "mask_to_image": given is not None,
                 "seconds": round(time.perf_counter() - start, 2),
                 "world_size": dist.world_size,
