@@ -59,5 +59,6 @@ def test_real_gaussian_matches_frechet_distance() -> None:
     for n_real, n_fake, d in ((40, 30, 5), (6, 4, 20)):  # full rank, then fewer samples than dimensions
         a = rng.normal(size=(n_real, d))
         b = rng.normal(0.5, 2.0, size=(n_fake, d))
-        assert _RealGaussian(a).distance(b) == pytest.approx(frechet_distance(a, b), rel=1e-9)
+        # 1e-8: with scipy 1.17's sqrtm the rank-deficient case (6 x 20) differs by 1.5e-9 relative
+        assert _RealGaussian(a).distance(b) == pytest.approx(frechet_distance(a, b), rel=1e-8)
         assert _RealGaussian(a).distance(a) == pytest.approx(0.0, abs=1e-9)
