@@ -353,7 +353,8 @@ def evidence_summary(run: Path, experiment: dict) -> list[str]:
             n_tested = sum(r.get("p_holm") is not None for r in realism["features"])
             lines.append(
                 f"{realism['features_rejected']} of {n_tested} label features differ from the real ones at 5 % "
-                "(Kolmogorov-Smirnov, Holm-corrected over the features)."
+                f"(Kolmogorov-Smirnov, Holm-corrected over the features; {realism['n_generated']} generated "
+                f"against {realism['n_real']} real labels)."
             )
     memorization = _load_json(folder.evidence("memorization"))
     if memorization and memorization.get("near_copies"):
