@@ -98,3 +98,17 @@ def experiment_run(
     result = CliRunner().invoke(app, experiment_args(tiny_prepared, run))
     assert result.exit_code == 0, result.output
     return run, result.output
+
+
+def run_with_sample_settings(tiny_run: Path, tmp_path: Path, **settings: object) -> Path:
+    """A copy of the tiny run whose config.yaml's ``sample`` section has ``settings`` (sampling reads them)."""
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["sample"].update(settings)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    return run

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from foscu.config_protocols import ProtocolSettings
-from foscu.config_scarcity import ScarcityConfig
+from foscu.config_scarcity import ScarcityConfig, check_seeds
 from foscu.errors import InputError
 from foscu.labels import TASKS, Task
 
@@ -341,11 +341,7 @@ class SegmentationConfig(ProtocolSettings, Section):
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, value: int | list[int]) -> int | list[int]:
-        if isinstance(value, int) and value < 1:
-            raise ValueError(f"a count must be >= 1, got {value}")
-        if isinstance(value, list) and (not value or len(set(value)) != len(value) or min(value) < 0):
-            raise ValueError(f"a list must hold distinct seeds >= 0, got {value}")
-        return value
+        return check_seeds(value)
 
 
 class EvaluationConfig(Section):

@@ -15,6 +15,15 @@ from foscu.labels import Task
 Count = int | Literal["all"]  # a number of real training cases, or the whole training split
 
 
+def check_seeds(value: int | list[int]) -> int | list[int]:
+    """A seed count >= 1, or a list of distinct seeds >= 0 (Table II's and the curve's ``seeds``)."""
+    if isinstance(value, int) and value < 1:
+        raise ValueError(f"a count must be >= 1, got {value}")
+    if isinstance(value, list) and (not value or len(set(value)) != len(value) or min(value) < 0):
+        raise ValueError(f"a list must hold distinct seeds >= 0, got {value}")
+    return value
+
+
 class ScarcityConfig(BaseModel):
     """``foscu experiment --only scarcity``: segmenters on n real cases, with and without synthetic pairs.
 
@@ -46,11 +55,7 @@ class ScarcityConfig(BaseModel):
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, value: int | list[int]) -> int | list[int]:
-        if isinstance(value, int) and value < 1:
-            raise ValueError(f"a count must be >= 1, got {value}")
-        if isinstance(value, list) and (not value or len(set(value)) != len(value) or min(value) < 0):
-            raise ValueError(f"a list must hold distinct seeds >= 0, got {value}")
-        return value
+        return check_seeds(value)
 
     @field_validator("arch")
     @classmethod

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-import yaml
+from conftest import run_with_sample_settings
 
 from foscu.generative.label_cleaning import clean_label
 from foscu.labels import HEPATIC_VEIN, LIVER, PORTAL_VEIN, TUMOR
@@ -68,12 +67,7 @@ def _labels(folder: Path) -> dict[str, np.ndarray]:
 @pytest.fixture
 def cleaning_run(tiny_run: Path, tmp_path: Path) -> Path:
     """A copy of the tiny run whose config cleans sampled labels, every tumor counted as a speck."""
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    config = yaml.safe_load((run / "config.yaml").read_text())
-    config["sample"].update(clean_labels=True, min_tumor_ml=1.0e6)
-    (run / "config.yaml").write_text(yaml.safe_dump(config))
-    return run
+    return run_with_sample_settings(tiny_run, tmp_path, clean_labels=True, min_tumor_ml=1.0e6)
 
 
 def test_sampling_draws_the_image_for_the_cleaned_label(tiny_run, cleaning_run, tmp_path):

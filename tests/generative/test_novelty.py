@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-import yaml
+from conftest import run_with_sample_settings
 
 from foscu.data.prepare import read_prepared
 from foscu.generative import novelty, sampling
@@ -69,12 +68,7 @@ def test_a_sample_that_stays_a_copy_keeps_its_least_overlapping_draw_and_says_it
 
 @pytest.fixture
 def novelty_run(tiny_run: Path, tmp_path: Path) -> Path:
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    config = yaml.safe_load((run / "config.yaml").read_text())
-    config["sample"].update(novelty=True, novelty_tries=3)
-    (run / "config.yaml").write_text(yaml.safe_dump(config))
-    return run
+    return run_with_sample_settings(tiny_run, tmp_path, novelty=True, novelty_tries=3)
 
 
 def test_sampling_redraws_the_sample_whose_label_is_a_training_label(novelty_run, tmp_path, monkeypatch):
