@@ -385,8 +385,8 @@ def generate(
     sampler, steps, batch_size, decode_patch = _sample_settings(run, sampler, steps, batch_size)
     pipe, steps_run, given = _checked_pipeline(run, model, controlnet_folder, sampler, steps, labels_dir)
     pipe.decode_patch = decode_patch
-    pipe.min_tumor_ml = _min_tumor_ml(as_run(run_root), model, given is not None)
-    pipe.novelty, novelty_record = for_sampling(as_run(run_root), model, given is not None)
+    pipe.min_tumor_ml = _min_tumor_ml(run, model, given is not None)
+    pipe.novelty, novelty_record = for_sampling(run, model, given is not None)
     sampled = model == "duo" and given is None
     trained = _conditioning(pipe, run, sampled, conditioning_scale, tumor_prevalence)
     cases = _cases(n, seed, given)
