@@ -292,7 +292,7 @@ def test_table2_in_words_names_the_validation_choice_and_each_verdict():
     assert found["verdicts"]["helped"] == ["mix liver", "mix mean"]
     assert found["verdicts"]["unclear"] == ["filtered liver", "filtered mean"]
     assert any(
-        "liver +4.33 Dice points, paired +5.30 % [95 % +3.24, +7.35]: helped" in line
+        "liver +4.33 Dice points, paired +5.30 % [95 % over seeds +3.24, +7.35]: helped" in line
         for line in found["lines"]
     )
     results[("unet", "binary", "real+synthetic")] = [fake(v) for v in (0.70, 0.72, 0.74)]
@@ -300,6 +300,6 @@ def test_table2_in_words_names_the_validation_choice_and_each_verdict():
         table2_rows(results, ["unet"], ["binary"], ["real+synthetic", "filtered"]), cells
     )
     assert (
-        "Synthetic data did not help anywhere: no protocol and class of 4 has an interval above zero."
+        "Synthetic data did not help anywhere: no protocol and class of 4 has its intervals above zero."
         in worse["lines"]
     )

@@ -237,17 +237,19 @@ def table2_markdown(rows: list[dict[str, Any]], note: str, cells: list[dict[str,
         "# Table II: segmentation Dice on the test split",
         "",
         "| Model | Segmentation | Protocol | Class | Real | Real + Synthetic | Improvement (relative, %) "
-        "| Difference (points) | Paired improvement (relative, %) |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|",
+        "| Difference (points) | Paired improvement (relative, %) | Paired, 95 % over cases within seeds |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         imp = "n/a" if r["improvement_percent"] is None else f"{r['improvement_percent']:+.2f}%"
         points = "n/a" if r["difference_points"] is None else f"{r['difference_points']:+.2f}"
         paired = _pm(r["paired_improvement_percent"], r["paired_improvement_ci"], 2, "+", "%")
+        boot = r.get("paired_bootstrap_ci")
+        cases = "n/a" if boot is None else f"{boot[0]:+.2f} to {boot[1]:+.2f}%"
         lines.append(
             f"| {ARCH_NAMES.get(r['arch'], r['arch'])} | {TASK_NAMES[r['task']]} | {r['protocol']} | {r['class']} | "
             f"{_pm(r['real'], r['real_ci'])} | {_pm(r['real+synthetic'], r['real+synthetic_ci'])} | {imp} | "
-            f"{points} | {paired} |"
+            f"{points} | {paired} | {cases} |"
         )
     return "\n".join(lines + ["", note, ""] + ([cells_markdown(cells), ""] if cells else []))
 
@@ -265,6 +267,8 @@ CSV_COLUMNS = [
     "difference_points",
     "paired_improvement_percent",
     "paired_improvement_half_width",
+    "paired_bootstrap_low",
+    "paired_bootstrap_high",
     "real_per_seed",
     "real+synthetic_per_seed",
 ]
@@ -279,6 +283,8 @@ def table2_csv(rows: list[dict[str, Any]]) -> str:
         line = {k: r[k] for k in CSV_COLUMNS if k in r}
         for key in ("real", "real+synthetic", "paired_improvement"):
             line[f"{key}_half_width"] = _half_width(r[f"{key}_ci"])
+        boot = r.get("paired_bootstrap_ci")
+        line["paired_bootstrap_low"], line["paired_bootstrap_high"] = boot if boot else (None, None)
         for key in ("real_per_seed", "real+synthetic_per_seed"):
             line[key] = ";".join("" if v is None else str(v) for v in r[key])
         writer.writerow({k: "" if v is None else v for k, v in line.items()})
@@ -307,7 +313,10 @@ def _note(seeds: list[int], cells: list[dict[str, Any]]) -> str:
         "table2.md/csv are two-sided 95 % Student-t intervals over seeds, mean ± t(0.975, n-1) x sd / sqrt(n) "
         "(sd with n-1), i.e. run-to-run training noise only, not case sampling. "
         f"{relative}, on the seed means; paired_improvement_percent is the mean over seeds of each seed's "
-        "relative improvement (real and real+synthetic trained with the same seed), with its t-interval; "
+        "relative improvement (real and real+synthetic trained with the same seed), with its t-interval and, "
+        "beside it, a paired bootstrap over the test cases within seeds (each resample draws the test cases "
+        "once and scores every seed of both arms on them; percentile 95 %): the t-interval leaves out case "
+        "sampling, the bootstrap leaves out seed-to-seed spread beyond the seeds run; "
         f"difference_points = (real+synthetic - real) x 100 on the means. {CONVENTIONS['nnunet']} "
         + counts_note(cells)
     )
@@ -330,6 +339,7 @@ def run_table2(
     """
     from foscu.config import check_arch
     from foscu.labels import check_task
+    from foscu.table2_bootstrap import add_case_bootstrap  # it imports scarcity_stats, which imports this
 
     archs = [check_arch(a, "archs") for a in archs or cfg.segmentation.archs]
     tasks = [check_task(t, "tasks") for t in tasks or cfg.segmentation.tasks]
@@ -354,6 +364,7 @@ def run_table2(
                     cells.append(cell_record(RunFolder(run_folder), stage, **keys))
     kinds = [SCORED_TAG[p] for p in protocols if p != "real"] or ["real+synthetic"]
     rows = table2_rows(results, archs, tasks, kinds)
+    add_case_bootstrap(rows, results, kinds, cfg.evaluation.bootstrap, cfg.seed)
     findings = protocol_findings(rows, cells)
     table = {
         "rows": rows,
@@ -364,6 +375,7 @@ def run_table2(
         "seed": cfg.seed,
         "seeds": seeds,
         "interval": None if len(seeds) < 2 else "Student-t 95 % over seeds",
+        "case_bootstrap": {"resamples": cfg.evaluation.bootstrap, "seed": cfg.seed},
         "archs": archs,
         "tasks": tasks,
         "cells": cells,

@@ -3,7 +3,8 @@ chooses, and per protocol and class whether synthetic data helped, by how much a
 
 The choice reads each cell's best validation Dice (metrics.json ``best.val_dice``, on the real validation
 split) only; the per-class verdicts read the test-split rows, each protocol against real trained with the
-same seed (the paired relative improvement and its t-interval over seeds).
+same seed (the paired relative improvement, its t-interval over seeds and its paired bootstrap over test
+cases within seeds).
 """
 
 from __future__ import annotations
@@ -54,7 +55,11 @@ def _choice(cells: list[dict[str, Any]]) -> tuple[str | None, dict[str, float]]:
 
 
 def _verdict(row: dict[str, Any]) -> tuple[str, str]:
-    """(helped|hurt|unclear|no interval, the numbers) for one row: its paired change and interval."""
+    """(helped|hurt|unclear|no interval, the numbers) for one row: its paired change and intervals.
+
+    With the paired bootstrap over test cases beside the t-interval over seeds, a verdict needs both:
+    helped when both lower bounds are above zero, hurt when both upper bounds are below it.
+    """
     points, paired, ci = (
         row["difference_points"],
         row["paired_improvement_percent"],
@@ -63,10 +68,17 @@ def _verdict(row: dict[str, Any]) -> tuple[str, str]:
     if points is None or paired is None:
         return "n/a", "n/a"
     numbers = f"{points:+.2f} Dice points, paired {paired:+.2f} %"
-    if ci is None:
+    boot = row.get("paired_bootstrap_ci")
+    if ci is None and boot is None:
         return "no interval", numbers + " (one seed: no interval)"
-    numbers += f" [95 % {ci[0]:+.2f}, {ci[1]:+.2f}]"
-    return ("helped" if ci[0] > 0 else "hurt" if ci[1] < 0 else "unclear"), numbers
+    intervals = [i for i in (ci, boot) if i is not None]
+    if ci is not None:
+        numbers += f" [95 % over seeds {ci[0]:+.2f}, {ci[1]:+.2f}]"
+    if boot is not None:
+        numbers += f" [95 % over cases {boot[0]:+.2f}, {boot[1]:+.2f}]"
+    if all(i[0] > 0 for i in intervals):
+        return "helped", numbers
+    return ("hurt" if all(i[1] < 0 for i in intervals) else "unclear"), numbers
 
 
 def protocol_findings(rows: list[dict[str, Any]], cells: list[dict[str, Any]]) -> dict[str, Any]:
@@ -97,14 +109,16 @@ def protocol_findings(rows: list[dict[str, Any]], cells: list[dict[str, Any]]) -
                     + "."
                 )
     if verdicts["helped"]:
-        lines.append("Synthetic data helped (interval above zero): " + ", ".join(verdicts["helped"]) + ".")
+        lines.append(
+            "Synthetic data helped (every interval above zero): " + ", ".join(verdicts["helped"]) + "."
+        )
     tested = sum(len(v) for k, v in verdicts.items() if k != "no interval")
     if tested and not verdicts["helped"]:
         lines.append(
-            f"Synthetic data did not help anywhere: no protocol and class of {tested} has an interval above zero."
+            f"Synthetic data did not help anywhere: no protocol and class of {tested} has its intervals above zero."
         )
     if verdicts["hurt"]:
-        lines.append("Synthetic data hurt (interval below zero): " + ", ".join(verdicts["hurt"]) + ".")
+        lines.append("Synthetic data hurt (every interval below zero): " + ", ".join(verdicts["hurt"]) + ".")
     return {"chosen_on_validation": chosen, "validation_dice": val, "verdicts": verdicts, "lines": lines}
 
 
