@@ -142,3 +142,16 @@ def test_the_training_curves_show_every_validation_key(tmp_path, monkeypatch):
     assert report.figure_training_curves(tmp_path) == b"png"
     expected = {k for record in logs.values() for k in record if k.startswith("val_") or k == "loss"}
     assert shown == expected  # every val_* key and the training loss; lr and the rest stay off
+
+
+def test_report_lists_what_each_table2_cell_trained_on(tmp_path, tiny_phantom):
+    run = _fake_run(tmp_path, tiny_phantom)
+    table = json.loads((run / "evaluation" / "table2.json").read_text())
+    cell = {"arch": "unet", "task": "multiclass", "data": "real+synthetic", "protocol": "class-masked"}
+    cell |= {"seed": 1, "real_cases": 42, "synthetic_cases": 36, "steps": 1486, "best_step": 1300}
+    table["cells"] = [cell | {"stopped_early": False, "val_dice": 0.61}]
+    (run / "evaluation" / "table2.json").write_text(json.dumps(table))
+    _, md_path = build_report(run)
+    md = md_path.read_text()
+    assert "Table II: what each cell trained on" in md
+    assert "| unet | class-masked | 1 | 42 | 36 | 1486 | 1300 |" in md

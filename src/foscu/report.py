@@ -250,6 +250,8 @@ def _evidence_tables(report: _Report, evidence: dict[str, Any], timings: dict | 
     ):
         found = evidence[name]
         report.table(title, found["rows"] if found else None, found.get("note", "") if found else "")
+        if name == "table2" and found and found.get("cells"):
+            report.table("Table II: what each cell trained on", _cell_rows(found["cells"]), CELLS_NOTE)
     div = evidence["diversity"]
     report.table("Diversity (MS-SSIM among samples; lower is more diverse)", div["rows"] if div else None)
     mem = evidence["memorization"]
@@ -258,6 +260,27 @@ def _evidence_tables(report: _Report, evidence: dict[str, Any], timings: dict | 
     report.table("Memorization audit", mem_rows, note)
     rows = [{"step": k, "seconds": v} for k, v in timings.items()] if timings else None
     report.table("Wall time per step (s)", rows)
+
+
+CELL_KEYS = (
+    "arch",
+    "protocol",
+    "seed",
+    "real_cases",
+    "synthetic_cases",
+    "steps",
+    "best_step",
+    "stopped_early",
+)
+CELLS_NOTE = (
+    "One line per segmenter (cell): the real and synthetic training cases it saw, the steps it trained "
+    "(set by the budget rule), the step of its best real validation Dice (the weights scored) and whether it "
+    "stopped early."
+)
+
+
+def _cell_rows(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**{k: c.get(k) for k in CELL_KEYS}, "val dice": c.get("val_dice")} for c in cells]
 
 
 def _evidence_figures(report: _Report, folder: RunFolder, evidence: dict[str, Any], experiment: dict) -> None:
