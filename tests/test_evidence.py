@@ -81,6 +81,10 @@ def test_ladder_scores_each_rung_on_its_own_images(experiment_run, tiny_prepared
         assert pred == cases[case][0] and other != cases[case][1] and other in [g for _, g in cases.values()]
         assert np.array_equal(read_nifti(gt, label=True).array, read_nifti(other, label=True).array)
     assert isinstance(ladder["conditioning"]["working"], bool) and ladder["conditioning"]["text"]
+    per_class = ladder["conditioning"]["classes"]  # the same verdict per class
+    assert set(per_class) == {"liver", "portal_vein", "hepatic_vein", "tumor"}
+    assert per_class["liver"]["difference"] == ladder["conditioning"]["difference"]
+    assert all(isinstance(v["working"], bool) and v["class"] == c for c, v in per_class.items())
     assert ladder["conditioning"]["response"]["voxels_differ"] > 0
 
 

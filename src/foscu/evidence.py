@@ -308,6 +308,10 @@ class Evidence:
         if "control" not in metrics:
             return {"working": None, "text": "The conditioning cannot be judged: one test case, no control."}
         verdict = ladder.conditioning_verdict(metrics["mask_to_image"], metrics["control"])
+        verdict["classes"] = {  # the same rule per class: issue 16 asks it where rung (a) reaches 0.3
+            c: ladder.conditioning_verdict(metrics["mask_to_image"], metrics["control"], c)
+            for c in ladder.CLASSES
+        }
         # how much the two masks of each control pair overlap: a perfect generator scores (a) on its own
         # mask and about (a) x this on the other one, so (c) - (e) can be at most about (a) x (1 - this)
         own = {c: (pairs["mask_to_image"][c][1], p[1]) for c, p in pairs["control"].items()}
