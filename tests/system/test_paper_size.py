@@ -4,7 +4,8 @@ Catches shape, divisibility and memory mistakes that the tiny sizes of the other
 generative stage of the `paper` preset takes one training step through the real engine (``train_stage`` ->
 ``fit``), one label -> image pair is sampled with 1 DDIM step (every network of the pair runs once; a
 second step repeats the same shapes), and every segmentation architecture takes one step through
-``train_segmenter``. Trimmed to fit CI: batch 1, one training case and no validation for the generative
+``train_segmenter``. The label LDM's UNet runs at the paper's width; the image LDM, its ControlNet and the
+VQ-VAE LDM, which build the same UNet on the same latent grids, run it at channels [32, 64, 64]. Trimmed to fit CI: batch 1, one training case and no validation for the generative
 stages, the autoencoders on 64 x 64 x 32 patches (their ``patch_size``; encoding the latent caches and
 decoding the pair still run at 160 x 160 x 64), and the segmenters' end-of-training validation (one
 eval-mode forward of the whole ROI: 41 of ~170 s) run for DynUNet only, the one architecture whose
@@ -34,6 +35,10 @@ GENERATIVE = {
     "vqvae-ldm": "vqvae_ldm",
 }
 PATCH = "[64, 64, 32]"  # divisible by the paper VAEs' 4x and the VQ-VAE's 4x downsampling
+# the image LDM (and so its ControlNet, a copy of its encoder) and the VQ-VAE LDM build the same UNet as the
+# label LDM, which runs at the paper's width; these run it narrower on the same latent grids (165 of the
+# test's ~600 s on one thread went to them; the paper widths run on a GPU in benchmarks/gpu_check.py)
+NARROW_UNET = "[32, 64, 64]"
 PEAK_RSS_GB = 12.0  # the machine has 24 GB shared by parallel test runs
 
 
@@ -42,6 +47,7 @@ def _one_step_overrides() -> list[str]:
     for section in GENERATIVE.values():
         out += [f"{section}.train.epochs=1", f"{section}.train.batch_size=1"]
     out += [f"{s}.patch_size={PATCH}" for s in ("label_vae", "image_vae", "vqvae")]
+    out += [f"{s}.unet.channels={NARROW_UNET}" for s in ("image_ldm", "vqvae_ldm")]
     out += ["segmentation.train.steps=1", "segmentation.train.batch_size=1"]
     return out + ["sample.steps=1", "sample.batch_size=1"]
 
@@ -103,6 +109,8 @@ def test_every_stage_a_pair_and_every_segmenter_at_the_paper_size(paper_data, mo
     for vae in ("label-vae", "image-vae"):  # the preset's stated grid: 8 x 40 x 40 x 16
         info = yaml.safe_load((run / vae / "config.yaml").read_text())
         assert (info["latent_channels"], info["latent_shape"]) == (8, [40, 40, 16]), vae
+    label_ldm = yaml.safe_load((run / "label-ldm" / "config.yaml").read_text())
+    assert label_ldm["section"]["unet"]["channels"] == [128, 256, 256]  # the paper's width, attention included
     # 2. one pair with 1 DDIM step, decoded at the paper ROI
     out = paper_data / "samples"
     generate(run, 1, out, "ddim", 1, cfg.seed, batch_size=1, progress=False)
