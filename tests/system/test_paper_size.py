@@ -110,7 +110,11 @@ def test_every_stage_a_pair_and_every_segmenter_at_the_paper_size(paper_data, mo
         info = yaml.safe_load((run / vae / "config.yaml").read_text())
         assert (info["latent_channels"], info["latent_shape"]) == (8, [40, 40, 16]), vae
     label_ldm = yaml.safe_load((run / "label-ldm" / "config.yaml").read_text())
-    assert label_ldm["section"]["unet"]["channels"] == [128, 256, 256]  # the paper's width, attention included
+    assert label_ldm["section"]["unet"]["channels"] == [
+        128,
+        256,
+        256,
+    ]  # the paper's width, attention included
     # 2. one pair with 1 DDIM step, decoded at the paper ROI
     out = paper_data / "samples"
     generate(run, 1, out, "ddim", 1, cfg.seed, batch_size=1, progress=False)
