@@ -92,3 +92,17 @@ def test_rerun_skips_every_step_and_unknown_groups_are_refused(experiment_run, t
         app, ["experiment", "--data", str(tiny_prepared), "--run", str(run), "--only", "tables"]
     )
     assert result.exit_code == 2 and "tables" in result.output
+
+
+def test_per_seed_synthetic_sets_make_the_experiment_sample_one_pool_for_every_seed(tiny_prepared, tmp_path):
+    """synthetic_per_seed draws disjoint per-seed sets from the run's one sample folder: the experiment must
+    sample enough for all of them (else Table II would stop at 'pool holds ...' after hours of training)."""
+    from foscu.config import load_config
+    from foscu.experiment import Protocol
+
+    shared = ["sample.n=2", "segmentation.seeds=3", "segmentation.synthetic_fraction=1.0"]
+    assert Protocol(load_config("tiny", shared), tiny_prepared, tmp_path / "a").n_samples == 2
+    per_seed = Protocol(
+        load_config("tiny", [*shared, "segmentation.synthetic_per_seed=true"]), tiny_prepared, tmp_path / "b"
+    )
+    assert per_seed.n_samples == 3 * 3  # 3 training cases x fraction 1.0, for each of 3 seeds

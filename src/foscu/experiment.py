@@ -62,8 +62,19 @@ class Protocol:
         self.n_training = len(self.prepared.datalist.get("training", []))
         if self.n_training < 2:
             raise InputError(self.data / "datalist.json", "the experiment needs at least 2 training cases")
-        self.n_samples = cfg.sample.n or self.n_training
+        self.n_samples = self._duo_samples(cfg)
         self.evidence = Evidence(cfg, self.data, self.prepared, self.run, progress)
+
+    def _duo_samples(self, cfg: FoscuConfig) -> int:
+        """``sample.n`` (default: one per training case); with ``synthetic_per_seed`` at least enough for
+        every Table II seed to draw its own ``synthetic_fraction`` x n_training pairs from the one pool."""
+        from foscu.table2 import seed_list
+
+        n = cfg.sample.n or self.n_training
+        seg = cfg.segmentation
+        if seg.synthetic_per_seed and seg.protocols != ["real"]:
+            n = max(n, int(round(seg.synthetic_fraction * self.n_training)) * len(seed_list(cfg)))
+        return n
 
     def steps(self) -> list[Step]:
         """The protocol in the order it runs: train, sample, Table I, fidelity, Table II, report."""
