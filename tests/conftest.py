@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: one thread per worker, inherited by subprocesses
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"  # (two workers of 2 threads on 2
+    import torch  # cores run many times slower than one each)
+
+    torch.set_num_threads(1)
 
 TINY_SHAPE = (32, 32, 16)
 TINY_SPACING = (7.5, 7.5, 12.0)

@@ -11,7 +11,7 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-ProtocolName = Literal["real", "mix", "pretrain-finetune", "class-masked", "filtered"]
+ProtocolName = Literal["real", "mix", "pretrain-finetune", "class-masked", "filtered", "lesions"]
 PROTOCOL_NAMES: tuple[ProtocolName, ...] = get_args(ProtocolName)
 
 # converge: every arm trains until train.patience epochs pass without a better real validation Dice, at most
@@ -63,6 +63,15 @@ class FilteredConfig(_Closed):
         return value
 
 
+class LesionsConfig(_Closed):
+    """lesions: real + real training cases with tumors inserted, moved or resized inside the liver, the image
+    generated only in and around each edit (``foscu lesions``, the experiment's lesion step -> RUN/lesions)."""
+
+    n_per_case: int = Field(1, ge=1, description="edited copies of each real training case")
+    method: Literal["inpaint", "blend"] = "inpaint"
+    margin: int = Field(3, ge=2, description="voxels around an edit that are generated too")
+
+
 class ProtocolSettings(_Closed):
     """The fields ``SegmentationConfig`` inherits: Table II's protocols, budget and their options."""
 
@@ -77,6 +86,7 @@ class ProtocolSettings(_Closed):
     pretrain_finetune: PretrainFinetuneConfig = Field(default_factory=PretrainFinetuneConfig)
     class_masked: ClassMaskedConfig = Field(default_factory=ClassMaskedConfig)
     filtered: FilteredConfig = Field(default_factory=FilteredConfig)
+    lesions: LesionsConfig = Field(default_factory=LesionsConfig)
 
     @field_validator("protocols")
     @classmethod

@@ -111,6 +111,7 @@ class Protocol:
                 )
                 for c in others
             ),
+            *self._lesion_steps(),
             Step("Table I (2.5D Fréchet distances)", "table1", [run.evidence("table1")], ev.table1),
             Step(
                 "pair fidelity, diversity, memorization",
@@ -185,6 +186,42 @@ class Protocol:
             progress=self.progress,
             **options,
         )
+
+    def _lesion_steps(self) -> list[Step]:
+        """Lesion synthesis on the real training cases, where Table II lists the ``lesions`` protocol."""
+        if "lesions" not in self.cfg.segmentation.protocols:
+            return []
+        from foscu.protocols import LESIONS
+
+        out = self.run.root / LESIONS
+        return [
+            Step(
+                "lesion synthesis on real cases",
+                "sample",
+                [out / SAMPLES_RECORD],
+                partial(self._lesions, out),
+            )
+        ]
+
+    def _lesions(self, out: Path) -> None:
+        """``foscu lesions --run RUN --data PREPARED --out RUN/lesions`` with the config's settings."""
+        from foscu.figures_lesions import write_before_after
+        from foscu.generative.lesion_synthesis import synthesize_lesions
+
+        les, s = self.cfg.segmentation.lesions, self.cfg.sample
+        synthesize_lesions(
+            self.run.root,
+            self.data,
+            out,
+            n_per_case=les.n_per_case,
+            seed=self.cfg.seed,
+            method=les.method,
+            margin=les.margin,
+            sampler=s.sampler,
+            steps=s.steps,
+            progress=self.progress,
+        )
+        write_before_after(out)
 
     def _mask_to_image(self) -> None:
         """Rung (c): one image per real test mask, through the ControlNet (``foscu sample --labels``)."""

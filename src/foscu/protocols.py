@@ -11,6 +11,7 @@ folder ``seg/<arch>-<task>-<tag>[-seed<k>]`` and the last one is the cell Table 
 | `pretrain-finetune` | the synthetic cases only, then the real split from those weights          |
 | `class-masked`      | as mix; a synthetic case supervises only the classes its image carries    |
 | `filtered`          | as mix, less the pairs the judge does not find and the near copies        |
+| `lesions`           | real + real cases with tumors edited in (RUN/lesions), not the Duo pairs  |
 
 A synthetic set is any folder in nnU-Net layout with FOSCU's label map (``foscu sample`` output, a lesion
 synthesis, another institution's samples). Every choice a protocol makes from data (``auto`` classes, filter
@@ -81,6 +82,21 @@ class ProtocolSpec:
     describe: str  # what the segmenter trains on, for the note and docs
     build: Callable[[Inputs], list[Phase]]
     synthetic: bool = True  # needs a synthetic set
+    # the synthetic folders it draws from instead of Table II's (the run's Duo samples); None: those
+    source: Callable[[RunFolder], list[Path]] | None = None
+
+
+LESIONS = "lesions"  # RUN/lesions: the experiment's lesion synthesis on the real training cases
+
+
+def lesion_folders(run: RunFolder) -> list[Path]:
+    """The run's lesion-synthesised set (``foscu lesions --run RUN --out RUN/lesions``), refused if absent."""
+    from foscu.experiment import SAMPLES_RECORD
+
+    folder = run.root / LESIONS
+    if not (folder / SAMPLES_RECORD).is_file():
+        raise InputError(folder, "no finished lesion synthesis: run the experiment's lesion step first")
+    return [folder]
 
 
 def budget(cfg: FoscuConfig, n_real: int, n_synthetic: int) -> tuple[int, str]:
@@ -197,6 +213,10 @@ def kept_pairs(x: Inputs) -> tuple[list[dict[str, str]], dict[str, Any]]:
     return kept, record
 
 
+def _lesions(x: Inputs) -> list[Phase]:
+    return [Phase("real+lesions", x.real, x.drawn, *budget(x.cfg, len(x.real), len(x.drawn)))]
+
+
 def _filtered(x: Inputs) -> list[Phase]:
     kept, record = kept_pairs(x)
     phase = Phase("filtered", x.real, kept, *budget(x.cfg, len(x.real), len(kept)))
@@ -216,11 +236,17 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
     "filtered": ProtocolSpec(
         "real + the synthetic pairs the real-only segmenter finds in their image, near copies out", _filtered
     ),
+    "lesions": ProtocolSpec(
+        "real + synthetic_fraction real training cases per real case with tumors inserted, moved or resized "
+        "inside the liver and the image generated only around each edit (RUN/lesions, not the Duo pairs)",
+        _lesions,
+        source=lesion_folders,
+    ),
 }
 # every tag a protocol's phases are named by (segmentation.train.parse_run_name accepts these)
-DATA_TAGS = ("real", "real+synthetic", "synthetic", "finetune", "masked", "filtered")
+DATA_TAGS = ("real", "real+synthetic", "synthetic", "finetune", "masked", "filtered", "real+lesions")
 SCORED_TAG = {"real": "real", "mix": "real+synthetic", "pretrain-finetune": "finetune"}
-SCORED_TAG |= {"class-masked": "masked", "filtered": "filtered"}
+SCORED_TAG |= {"class-masked": "masked", "filtered": "filtered", "lesions": "real+lesions"}
 
 
 def protocol_of(kind: str) -> str:
@@ -278,6 +304,7 @@ def plan_cell(
     from foscu.table2 import _cell_name
 
     spec = PROTOCOLS[protocol]
+    dirs = spec.source(run) if spec.source is not None else dirs
     if spec.synthetic and not dirs:
         raise InputError("--synthetic", f"protocol {protocol} needs a synthetic set")
     drawn, how = synthetic_draw(cfg, prepared, dirs, seed) if spec.synthetic else ([], "")

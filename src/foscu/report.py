@@ -309,6 +309,11 @@ def _evidence_figures(report: _Report, folder: RunFolder, evidence: dict[str, An
             fig4 = figure_real_vs_synthetic(prepared, folder.samples)
             if fig4:
                 report.figures.append(("Real vs synthetic, tumor and tumor-free (Fig. 4)", fig4))
+    lesions = folder.root / "lesions" / "before_after.png"  # Table II's lesions protocol (RUN/lesions)
+    if lesions.is_file():
+        report.figures.append(
+            ("Lesion synthesis: real training cases before and after", lesions.read_bytes())
+        )
 
 
 def _test_items(prepared: Path) -> dict[str, tuple[Path, Path]]:

@@ -348,7 +348,9 @@ def run_table2(
     results: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     cells: list[dict[str, Any]] = []
     dirs = synthetic_dirs(synthetic_dir)
-    protocols = [p for p in cfg.segmentation.protocols if dirs or not PROTOCOLS[p].synthetic]
+    protocols = [
+        p for p in cfg.segmentation.protocols if dirs or not PROTOCOLS[p].synthetic or PROTOCOLS[p].source
+    ]
     for task in tasks:
         for arch in archs:
             task = cast(Task, task)

@@ -257,3 +257,44 @@ def _without_tumors(prepared: Path, tmp_path: Path) -> Path:
         data[data == TUMOR] = LIVER
         nib.save(nib.Nifti1Image(data, img.affine, img.header), path)
     return copy
+
+
+def test_lesions_protocol_is_a_table2_row_trained_on_the_runs_lesion_set(tiny_run, tiny_prepared, tmp_path):
+    """Table II's `lesions` protocol: the experiment writes RUN/lesions from the run's generator, and the
+    row's segmenter trains on the real cases plus those edited cases, not on the Duo samples."""
+    import shutil
+
+    import yaml
+
+    from foscu.config import load_config
+    from foscu.errors import InputError
+    from foscu.experiment import Protocol
+    from foscu.runs import RunFolder
+    from foscu.table2 import run_table2
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    overrides = ["segmentation.protocols=[real, lesions]", "segmentation.train.steps=2"]
+    overrides += ["segmentation.train.val_every=2", "sample.steps=2", "segmentation.synthetic_fraction=1.0"]
+    cfg = load_config("tiny", overrides)
+    with pytest.raises(InputError, match="no finished lesion synthesis"):
+        run_table2(cfg, tiny_prepared, run, None, ["unet"], ["binary"], progress=False)
+    protocol = Protocol(cfg, tiny_prepared, run, progress=False)
+    (step,) = [s for s in protocol.steps() if s.name == "lesion synthesis on real cases"]
+    assert step.group == "sample" and step.outputs == [run / "lesions" / "samples.json"]
+    step.run()
+    assert step.done()
+    assert (run / "lesions" / "before_after.png").is_file()
+    # no Duo sample folder is given: the lesions row draws from RUN/lesions alone
+    table = run_table2(cfg, tiny_prepared, run, None, ["unet"], ["binary"], progress=False)
+    assert [c["data"] for c in table["cells"]] == ["real", "real+lesions"]
+    assert {r["protocol"] for r in table["rows"]} == {"lesions"}
+    recorded = yaml.safe_load(RunFolder(run).config("seg/unet-binary-real+lesions").read_text())
+    lesion_ids = set(json.loads((run / "lesions" / "samples.json").read_text())["cases"])
+    n_real = len(json.loads((tiny_prepared / "datalist.json").read_text())["training"])
+    assert recorded["training_cases"] == {"real": n_real, "synthetic": n_real}
+    assert recorded["plan"]["protocol"] == "lesions"
+    assert recorded["synthetic"] == [str(run / "lesions")]
+    assert {c.split("/")[-1] for c in recorded["synthetic_cases"]} <= lesion_ids
+    without = load_config("tiny", [o for o in overrides if not o.startswith("segmentation.protocols")])
+    assert not [s for s in Protocol(without, tiny_prepared, run).steps() if "lesion" in s.name]
