@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -76,6 +77,9 @@ def test_each_protocol_trains_on_other_cases_or_with_another_mask(toy):
     cfg = load_config("tiny", ["segmentation.filtered.min_dice={liver: 0.8}"])
     real_cases = read_prepared(prepared).datalist["training"]
     n = len(real_cases)
+    lesions = Path(run) / "lesions"  # the lesion step's folder, standing in: a copy of the synthetic set
+    shutil.copytree(samples, lesions)
+    (lesions / "samples.json").write_text(json.dumps({"method": "blend"}))
     plans = {p: _plan(cfg, run, prepared, p, samples) for p in PROTOCOLS}
 
     (real,) = plans["real"]
@@ -96,6 +100,9 @@ def test_each_protocol_trains_on_other_cases_or_with_another_mask(toy):
         i["case_id"] for i in mix.synthetic
     ]  # liver 0.85 > 0.8
     assert filtered.record["kept"] == ids and filtered.record["dropped"] == {}
+    (edited,) = plans["lesions"]  # drawn from RUN/lesions, not from the Duo samples it was given
+    assert (edited.tag, len(edited.real), len(edited.synthetic)) == ("real+lesions", n, n)
+    assert all(Path(i["image"]).is_relative_to(lesions) for i in edited.synthetic)
     # each protocol's data differ from the others': no two give the same training list and mask
     signatures = {
         p: tuple((ph.tag, len(ph.real), len(ph.synthetic), tuple(ph.class_mask or ())) for ph in phases)
@@ -169,7 +176,7 @@ def test_protocol_settings_are_checked():
         "real",
         "filtered",
     ]
-    for bad in ("[mix]", "[real, real]", "[real, lesions]"):
+    for bad in ("[mix]", "[real, real]", "[real, inpaint]"):
         with pytest.raises(InputError, match="protocols"):
             load_config("tiny", [f"segmentation.protocols={bad}"])
     with pytest.raises(InputError, match="min_dice"):
