@@ -119,7 +119,7 @@ def test_the_summary_says_when_samples_are_near_copies(tmp_path, tiny_phantom):
 
 
 def test_the_training_curves_show_every_validation_key(tmp_path, monkeypatch):
-    import foscu.report as report
+    import foscu.figures_run as report
 
     logs = {
         "image-vae": {"loss": 0.1, "val_l1": 0.05, "val_contrast_portal_vein": 0.4, "val_l1_tumor": 0.2},
