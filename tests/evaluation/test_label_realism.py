@@ -52,6 +52,22 @@ def test_vessels_away_from_the_liver_are_counted_outside():
     assert math.isnan(empty["vessel_in_liver_share"]) and empty["organ_components"] == 0
 
 
+def test_a_tumor_on_the_livers_outside_is_not_enclosed():
+    inside = _liver_case()  # the tumor block [7:9, 20:22, 3:5] lies within the liver [5:25, 5:25, 2:12]
+    assert label_features(inside, (1.0, 1.0, 1.0))["tumor_enclosed_share"] == 1.0
+    edge = _liver_case()
+    edge[edge == TUMOR] = LIVER
+    edge[24:26, 10:12, 4:6] = TUMOR  # half in the liver's last row (x = 24), half outside it (x = 25)
+    assert (
+        label_features(edge, (1.0, 1.0, 1.0))["tumor_enclosed_share"] == 0.0
+    )  # every voxel touches background
+    deep = _liver_case()
+    deep[deep == TUMOR] = LIVER
+    deep[10:16, 10:16, 5:9] = TUMOR  # 6 x 6 x 4 inside: the vessels cross it, none of it touches background
+    assert label_features(deep, (1.0, 1.0, 1.0))["tumor_enclosed_share"] == 1.0
+    assert math.isnan(label_features(_liver_case(tumors=0), (1.0, 1.0, 1.0))["tumor_enclosed_share"])
+
+
 def test_identical_sets_have_zero_distance_and_shifted_sets_do_not():
     real = {f"r{i}": _liver_case(tumors=i % 2) for i in range(6)}
     same = label_realism(real, dict(real), (1.0, 1.0, 1.0))

@@ -11,6 +11,8 @@ missing, tumors everywhere. Each label volume is described by a few numbers a ra
 - ``vessel_in_liver_share``: the share of portal and hepatic vein voxels inside or touching the organ's
   liver tissue (within one voxel of a liver voxel);
 - ``tumor_largest_ml``: the volume of the largest tumor component (0 without tumor);
+- ``tumor_enclosed_share``: the share of tumor voxels with no background voxel within one voxel (enclosed by
+  the organ; a tumor drawn on the liver's outside scores low; undefined without tumor);
 - presence of each class (volume > 0) and, for tumor, presence at a size: a component of at least the
   smallest real tumor (the smallest ``tumor_largest_ml`` among real labels that hold one), so one-voxel
   decoder speckle is not counted as a tumor case. Each presence comes with the difference generated - real
@@ -70,6 +72,12 @@ def label_features(label: np.ndarray, spacing: Sequence[float]) -> dict[str, flo
         out["vessel_in_liver_share"] = float((vessels & near_liver).sum()) / n_vessel
     else:
         out["vessel_in_liver_share"] = float("nan")  # no vessel: the share is undefined, not 0
+    tumor = label == LABELS["tumor"]
+    if tumor.any():  # a tumor grows in the liver: how much of it is enclosed by the organ, not at its outside
+        outside = ndimage.binary_dilation(label == LABELS["background"], structure=np.ones((3, 3, 3), bool))
+        out["tumor_enclosed_share"] = float((tumor & ~outside).sum()) / float(tumor.sum())
+    else:
+        out["tumor_enclosed_share"] = float("nan")
     return out
 
 
