@@ -75,12 +75,11 @@ def train_cell(
 ) -> Path:  # fmt: skip
     """Train (or skip / resume) every phase of the cell; returns the folder of the phase Table II scores."""
     from foscu import stages
-    from foscu.protocols import PROTOCOLS
+    from foscu.protocols import synthetic_folders
 
     run = RunFolder(run_folder)
     phases = phases_of(cfg, prepared_root, run_folder, arch, task, protocol, dirs, seed, progress)
-    source = PROTOCOLS[protocol].source
-    dirs = source(run) if source is not None else dirs  # the folders its synthetic cases come from
+    dirs = synthetic_folders(protocol, run, dirs)  # what the cell's config.yaml records as its synthetic set
     check_cell(cfg, run, arch, task, phases, seed)
     for phase in phases:
         stage = stage_of(cfg, arch, task, phase, seed)

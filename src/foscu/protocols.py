@@ -99,6 +99,12 @@ def lesion_folders(run: RunFolder) -> list[Path]:
     return [folder]
 
 
+def synthetic_folders(protocol: str, run: RunFolder, dirs: list[Path]) -> list[Path]:
+    """The folders protocol ``protocol`` draws its synthetic cases from: its own ``source``, else ``dirs``."""
+    source = PROTOCOLS[protocol].source
+    return source(run) if source is not None else dirs
+
+
 def budget(cfg: FoscuConfig, n_real: int, n_synthetic: int) -> tuple[int, str]:
     """The steps an arm with ``n_real`` real and ``n_synthetic`` synthetic cases trains, and the rule.
 
@@ -304,7 +310,7 @@ def plan_cell(
     from foscu.table2 import _cell_name
 
     spec = PROTOCOLS[protocol]
-    dirs = spec.source(run) if spec.source is not None else dirs
+    dirs = synthetic_folders(protocol, run, dirs)
     if spec.synthetic and not dirs:
         raise InputError("--synthetic", f"protocol {protocol} needs a synthetic set")
     drawn, how = synthetic_draw(cfg, prepared, dirs, seed) if spec.synthetic else ([], "")
