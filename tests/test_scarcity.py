@@ -257,8 +257,10 @@ def test_the_curve_is_no_step_unless_the_config_lists_counts(tiny_prepared, tmp_
     assert steps["data-scarcity curve"].group == "scarcity"
     curve = load_config("scarcity")  # the proof preset with its curve
     assert curve.scarcity.n == [0, 5, 10, 21, "all"] and curve.scarcity.own_generator_n == 10
+    assert curve.scarcity.lesions_n == [5, 10]
     for preset in ("tiny", "demo", "proof"):
         assert not load_config(preset).scarcity.n and load_config(preset).scarcity.own_generator_n is None
+        assert not load_config(preset).scarcity.lesions_n
 
 
 def test_the_subset_prepared_set_holds_only_its_training_cases(tiny_prepared, tmp_path):
@@ -299,3 +301,44 @@ def test_the_own_generator_arm_trains_its_generator_on_the_n_cases(sampled_run, 
     assert (folder / "run" / "controlnet" / "model.safetensors").is_file()
     assert len(list((folder / "run" / "samples" / "imagesTr").glob("*.nii.gz"))) == 2
     assert any(w["arm"] == "own-generator" for w in result["worth"][MEAN])
+
+
+def test_the_lesion_arm_trains_on_the_n_cases_and_edited_copies_of_them(sampled_run, tiny_prepared):
+    from foscu.config import load_config
+    from foscu.experiment import run_experiment
+    from foscu.runs import RunFolder
+    from foscu.scarcity_lesions import make_lesion_set
+
+    run = sampled_run
+    overrides = [*_scarcity_overrides("[2]"), "scarcity.lesions_n=[2]"]
+    run_experiment("tiny", tiny_prepared, run, overrides, only=["scarcity"], progress=False)
+    result = json.loads((run / "evaluation" / "scarcity.json").read_text())
+    cells = {c["arm"]: c for c in result["cells"]}
+    assert sorted(cells) == ["real", "real+lesions", "real+synthetic"]
+    lesion, real = cells["real+lesions"], cells["real"]
+    assert lesion["real_cases"] == real["real_cases"] and lesion["synthetic_cases"] == 2  # one copy per case
+    assert lesion["folder"].endswith("unet-multiclass-real+lesions-n2")  # not the shared-synthetic cell's
+    trained = yaml.safe_load((Path(lesion["folder"]) / "config.yaml").read_text())
+    record = json.loads((run / "scarcity" / "lesions-n2" / "samples.json").read_text())
+    assert record["sources"] == sorted(real["real_cases"])  # copies of the user's own cases only
+    assert sorted(trained["synthetic_cases"]) == sorted(f"lesions-n2/{case}" for case in record["cases"])
+    assert [d["arm"] for d in result["difference"][MEAN]] == ["real+lesions", "real+synthetic"]
+    assert any(w["arm"] == "real+lesions" for w in result["worth"]["tumor"])
+    assert "real+lesions (n = [2])" in result["note"]
+
+    cfg = load_config("tiny", overrides)
+    other = sorted(
+        set(c["case_id"] for c in json.loads((tiny_prepared / "datalist.json").read_text())["training"])
+        - set(real["real_cases"])
+    )
+    with pytest.raises(InputError, match="other sources"):
+        make_lesion_set(cfg, tiny_prepared, RunFolder(run), [*other, real["real_cases"][0]], 0, False)
+
+
+def test_lesions_n_must_be_counts_of_the_curve():
+    from foscu.config import load_config
+
+    with pytest.raises(InputError, match="lesions_n"):
+        load_config("tiny", ["scarcity.n=[0, 5]", "scarcity.lesions_n=[10]"])
+    with pytest.raises(InputError, match="lesions_n"):
+        load_config("tiny", ["scarcity.n=[0, 5]", "scarcity.lesions_n=[0]"])

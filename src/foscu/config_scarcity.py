@@ -42,6 +42,10 @@ class ScarcityConfig(BaseModel):
     # the generator trained on the n real cases of this point only (the user with a few scans of their own):
     # the run's generative stages again, on a prepared subset; expensive, so off unless set
     own_generator_n: int | None = Field(None, ge=1)
+    # the counts of ``n`` at which a third arm trains: the n real cases plus lesion-edited copies of those
+    # same cases (tumors inserted, moved or resized, the image generated only around each edit by the
+    # shared generator; segmentation.lesions settings) -- the DiffTumor route for a user with few scans
+    lesions_n: list[int] = Field(default_factory=list)
     bootstrap: int = Field(1000, ge=0, description="resamples of the test cases for the paired intervals")
 
     @field_validator("n")
@@ -70,6 +74,9 @@ class ScarcityConfig(BaseModel):
     def _own_generator_on_the_curve(self) -> ScarcityConfig:
         if self.own_generator_n is not None and self.own_generator_n not in self.n:
             raise ValueError(f"own_generator_n {self.own_generator_n} is not one of n {self.n}")
+        off = [k for k in self.lesions_n if k < 1 or k not in self.n]
+        if off or len(set(self.lesions_n)) != len(self.lesions_n):
+            raise ValueError(f"lesions_n {self.lesions_n}: distinct counts >= 1 of n {self.n}")
         return self
 
 

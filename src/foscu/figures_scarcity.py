@@ -9,11 +9,12 @@ import numpy as np
 from foscu.figures import _pyplot, png_bytes
 from foscu.scarcity_stats import MEAN
 
-METRICS = {MEAN: "mean foreground Dice", "liver": "liver Dice"}
+METRICS = {MEAN: "mean foreground Dice", "liver": "liver Dice", "tumor": "tumor Dice"}
 STYLE = {
     "real": {"color": "#333333", "marker": "o", "label": "real only"},
     "real+synthetic": {"color": "#2ca02c", "marker": "s", "label": "real + shared synthetic"},
     "own-generator": {"color": "#d62728", "marker": "^", "label": "real + own generator's synthetic"},
+    "real+lesions": {"color": "#9467bd", "marker": "D", "label": "real + lesion-edited copies of them"},
 }
 
 

@@ -8,8 +8,10 @@ n cases of the seed's permutation of the training split (nested: the 5 cases are
 ("real+synthetic"; n = 0 is synthetic-only training). The generator is the run's own, trained once on the
 whole training split. Each cell is a stage folder ``RUN/seg/<arch>-<task>-<data>-n<k>[-seed<k>]/`` scored on
 the test split into ``RUN/evaluation/scarcity/<name>.json``, so a rerun skips finished cells and resumes a
-stopped one. The optional own-generator arm (``scarcity.own_generator_n``) is in scarcity_own.py; the
-numbers in scarcity_stats.py; the table, sentences and figure in figures_scarcity.py.
+stopped one. The optional own-generator arm (``scarcity.own_generator_n``) is in scarcity_own.py, the
+optional lesion arm (``scarcity.lesions_n``: the n cases plus lesion-edited copies of them) in
+scarcity_lesions.py; the numbers in scarcity_stats.py; the table, sentences and figure in
+figures_scarcity.py.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import yaml
 from foscu.config_scarcity import scarcity_seeds
 from foscu.errors import InputError
 from foscu.runs import RunFolder, seg_stage, write_json_atomic, write_text_atomic
+from foscu.scarcity_lesions import LESION_ARM
 from foscu.scarcity_stats import (
     ARMS,
     MEAN,
@@ -39,7 +42,7 @@ if TYPE_CHECKING:
     from foscu.config import FoscuConfig
 
 OWN_ARM = "own-generator"
-SENTENCE_METRICS = {MEAN: "mean foreground Dice", "liver": "liver Dice"}
+SENTENCE_METRICS = {MEAN: "mean foreground Dice", "liver": "liver Dice", "tumor": "tumor Dice"}
 REUSE_KEYS = ("real_case_ids", "synthetic_count", "synthetic_digest")
 
 
@@ -48,7 +51,7 @@ class Cell:
     """One segmenter of the curve: n real cases of one seed's subset, with or without the synthetic set."""
 
     n: int
-    arm: str  # "real", "real+synthetic" or "own-generator"
+    arm: str  # "real", "real+synthetic", "own-generator" or "real+lesions"
     seed: int
     real_cases: list[str]
     prepared: Path  # the prepared set it reads (a subset folder for the own-generator arm)
@@ -88,7 +91,12 @@ def cell_stage(cfg: FoscuConfig, cell: Cell) -> str:
     from foscu.segmentation.train import run_name
 
     other_seed = None if cell.seed == cfg.seed else cell.seed
-    return seg_stage(run_name(cfg.scarcity.arch, cfg.scarcity.task, cell.arm != "real", other_seed, cell.n))
+    return seg_stage(run_name(cfg.scarcity.arch, cfg.scarcity.task, _tag(cell), other_seed, cell.n))
+
+
+def _tag(cell: Cell) -> str:
+    """The data part of the cell's stage name (the own-generator arm trains in a run folder of its own)."""
+    return cell.arm if cell.arm in ("real", LESION_ARM) else "real+synthetic"
 
 
 def _requested(cfg: FoscuConfig, cell: Cell) -> dict[str, Any]:
@@ -145,6 +153,7 @@ def score_cell(cfg: FoscuConfig, cell: Cell, progress: bool = True) -> dict[str,
             seed=cell.seed,
             real_cases=cell.real_cases,
             synthetic_count=cell.synthetic_count,
+            tag=_tag(cell),
         )
     test = read_prepared(cell.prepared).datalist["test"]
     images = {item["case_id"]: Path(item["image"]) for item in test}
@@ -213,6 +222,8 @@ def summarise(
             )
             if p["arm"] == OWN_ARM:
                 text = f"with a generator trained on its {p['n']} cases only: {text}"
+            elif p["arm"] == LESION_ARM:
+                text = f"with lesion-edited copies of the same {p['n']} cases in place of the shared pairs: {text}"
             worth[name].append(
                 {"n": p["n"], "arm": p["arm"], "kind": kind, "equivalent_n": value, "sentence": text}
             )
@@ -220,14 +231,16 @@ def summarise(
 
 
 def _note(
+    cfg: FoscuConfig,
     n_training: int,
     counts: list[int],
     seeds: list[int],
     count: int,
     samples: Path,
-    resamples: int,
-    own: int | None = None,
 ) -> str:
+    sc, train = cfg.scarcity, cfg.segmentation.train
+    own, resamples = sc.own_generator_n, sc.bootstrap
+    length = f"{train.steps} steps" if train.epochs is None else f"{train.epochs} epochs"
     return (
         f"Segmenters trained on n of the {n_training} real training cases (n = {counts}; each seed's nested "
         f"subsets of the training split), alone (real) and with the same {count} synthetic pairs at every n "
@@ -238,7 +251,16 @@ def _note(
         f"paired_bootstrap: 95 % percentile intervals over {resamples} resamples of the test cases within "
         "seeds (each seed scored on the same resampled cases; a difference pairs the two arms case by case). "
         "'Worth about': the n at which the real-only curve, linear between measured points, reaches the "
-        "mixed arm's Dice."
+        f"mixed arm's Dice. Every cell trains the same {length} (a fixed budget: an arm with synthetic "
+        "cases sees fewer real patches than real-only at the same n)."
+        + (
+            f" real+lesions (n = {sc.lesions_n}): the n cases plus {cfg.segmentation.lesions.n_per_case} "
+            "lesion-edited copies of each (tumors inserted, moved or resized inside the liver, sizes and "
+            "counts from the whole training split's tumors; the image generated by this run's generator "
+            "only around each edit, the real scan elsewhere; RUN/scarcity/lesions-n<k>[-seed<k>]/)."
+            if sc.lesions_n
+            else ""
+        )
         + (
             f" own-generator: the generator trained again on the first seed's {own} cases only "
             "(RUN/scarcity/own-generator-n<k>/), the same pair count sampled from it; every seed trains on "
@@ -256,6 +278,7 @@ def run_scarcity(
     """Train, predict and score every cell of the curve; write RUN/evaluation/scarcity.{json,md}."""
     from foscu.data.prepare import read_prepared
     from foscu.figures_scarcity import scarcity_markdown
+    from foscu.scarcity_lesions import lesion_cells
     from foscu.scarcity_own import own_generator_cells
 
     sc, run = cfg.scarcity, RunFolder(run_root)
@@ -283,13 +306,14 @@ def run_scarcity(
         if not (n == 0 and arm == "real")
         for seed in seeds
     ]
+    cells += lesion_cells(cfg, Path(prepared_root), run, subsets, progress)
     if sc.own_generator_n is not None:
         cells += own_generator_cells(
             cfg, Path(prepared_root), run, subsets[seeds[0]][sc.own_generator_n], count, progress
         )
     records = [cell_record(cfg, c, score_cell(cfg, c, progress)) for c in cells]
     result = {
-        "note": _note(len(training), counts, seeds, count, samples, sc.bootstrap, sc.own_generator_n),
+        "note": _note(cfg, len(training), counts, seeds, count, samples),
         "generator": f"trained once on the whole training split ({len(training)} cases) of this run",
         "n_training": len(training),
         "n_requested": list(sc.n),
@@ -300,6 +324,7 @@ def run_scarcity(
         "synthetic": str(samples),
         "synthetic_cases": count,
         "own_generator_n": sc.own_generator_n,
+        "lesions_n": list(sc.lesions_n),
         "cells": records,
         **summarise(records, counts, seeds, len(training), sc.bootstrap, cfg.seed),
     }

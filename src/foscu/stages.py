@@ -357,6 +357,7 @@ def train_segmenter(
     real_cases: list[str] | None = None,
     synthetic_count: int | None = None,
     plan: Any = None,
+    tag: str | None = None,
 ) -> tuple[Path, FitResult]:
     """Train ``arch`` for ``task`` as stage ``seg/<arch>-<task>-<real|real+synthetic>[-n<k>][-seed<k>]``.
 
@@ -366,13 +367,14 @@ def train_segmenter(
     ``...-seed<seed>/``. ``real_cases`` (case ids of the training split) trains on those real cases only,
     into ``...-n<len(real_cases)>...`` (an empty list: synthetic cases only); ``synthetic_count`` draws that
     many synthetic cases at any real count instead of the fraction. ``plan``: a Table II protocol's phase
-    (protocols.Phase): its cases, class mask and starting weights, its tag in the stage name. Returns the
-    stage folder and the engine's result.
+    (protocols.Phase): its cases, class mask and starting weights, its tag in the stage name. ``tag``: the
+    data part of the name for a run without a plan (segmentation.train.PLAIN_TAGS; default ``real`` or
+    ``real+synthetic``). Returns the stage folder and the engine's result.
     """
     check_task(task)
     other_seed = None if seed is None or seed == cfg.seed else seed
     n = None if real_cases is None else len(real_cases)
-    data = plan.tag if plan is not None else bool(synthetic)
+    data = plan.tag if plan is not None else (tag or bool(synthetic))
     name = seg_stage(run_name(arch, task, data, other_seed, n))
     result = train_stage(
         name,

@@ -34,7 +34,7 @@ def case_seed(seed: int, case_id: str, k: int) -> int:
 
 def _training_cases(data: Path) -> tuple[Any, list[tuple[str, Any, Any]]]:
     """The prepared set and its training cases as (case id, image volume, label volume); refused when its
-    label map is not FOSCU's multi-class one or when no training case holds a tumor."""
+    label map is not FOSCU's multi-class one or when no training case holds a tumor (the sizes' source)."""
     from foscu.data.nifti import read_nifti
     from foscu.data.prepare import read_prepared
 
@@ -50,6 +50,19 @@ def _training_cases(data: Path) -> tuple[Any, list[tuple[str, Any, Any]]]:
     if not any((label.array == TUMOR).any() for _, _, label in cases):
         raise InputError(Path(data) / "datalist.json", "no training case holds a tumor to draw sizes from")
     return prepared, cases
+
+
+def _sources(
+    training: list[tuple[str, Any, Any]], wanted: list[str] | None, data: Path
+) -> list[tuple[str, Any, Any]]:
+    """The training cases to edit: all, or ``wanted`` (refused when one is not a training case)."""
+    if wanted is None:
+        return training
+    known = {case[0]: case for case in training}
+    missing = sorted(set(wanted) - set(known))
+    if missing:
+        raise InputError(data / "datalist.json", f"{missing} are not training cases of this prepared set")
+    return [known[case_id] for case_id in wanted]
 
 
 def _pipeline(
@@ -147,9 +160,15 @@ def synthesize_lesions(
     steps: int | None = None,
     controlnet_folder: str = "controlnet",
     progress: bool = True,
+    cases: list[str] | None = None,
 ) -> dict:
     """Write ``n_per_case`` lesion-edited copies of every training case of ``data`` to ``out``; returns the
-    ``samples.json`` record. Every bad argument is refused before anything is written."""
+    ``samples.json`` record. Every bad argument is refused before anything is written.
+
+    ``cases``: edit only these training cases (the data-scarcity curve's n cases of a seed); the tumor sizes
+    and counts are still drawn from every training tumor (the statistics a sharing site publishes with its
+    generator, so a user's few cases need not hold a tumor themselves).
+    """
     from foscu.data.layout import image_path, label_path, write_dataset_json
     from foscu.data.nifti import write_nifti
     from foscu.engine.tracking import progress_bar
@@ -161,15 +180,16 @@ def synthesize_lesions(
         raise InputError("--n-per-case", f"must be >= 1, got {n_per_case}")
     if margin < 2:
         raise InputError("--margin", f"must be >= 2 voxels, got {margin}")
-    prepared, cases = _training_cases(data)
+    prepared, training = _training_cases(data)
+    sources = _sources(training, cases, Path(data))
     pipe, sampler_name, steps_run = _pipeline(run, controlnet_folder, sampler, steps, prepared.roi)
     spacing = tuple(prepared.spacing)
-    pool = tumor_pool([lab.array for _, _, lab in cases], spacing)
+    pool = tumor_pool([lab.array for _, _, lab in training], spacing)
     start = time.perf_counter()
     records: dict[str, dict] = {}
-    bar = progress_bar("lesions", len(cases) * n_per_case, enabled=progress)
+    bar = progress_bar("lesions", len(sources) * n_per_case, enabled=progress)
     with atomic_folder(out) as tmp, bar as advance:
-        for (case_id, image, label), k in itertools.product(cases, range(n_per_case)):
+        for (case_id, image, label), k in itertools.product(sources, range(n_per_case)):
             new_id, s = f"{case_id}_les{k}", case_seed(seed, case_id, k)
             out_image, out_label, record = synthesize_case(
                 pipe, image.array, label.array, spacing, pool, s, method, margin, sampler_name, steps_run
@@ -191,7 +211,7 @@ def synthesize_lesions(
             "controlnet": controlnet_folder,
             "sources": sorted({r["source"] for r in records.values()}),
             "tumor_pool": _pool_record(pool),
-            "real_tumor_contrast": _real_contrast(cases),
+            "real_tumor_contrast": _real_contrast(training),
             **_summary(records),
             "seconds": round(time.perf_counter() - start, 2),
             "cases": records,

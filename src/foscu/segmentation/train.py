@@ -161,6 +161,11 @@ def _numbered(parts: list[str], prefix: str) -> int | None:
     return None
 
 
+# data tags a run trains under without a Table II protocol's plan: real only, or real + the given synthetic
+# folders (``real+lesions``: the data-scarcity curve's lesion-edited copies of its own n cases)
+PLAIN_TAGS = ("real", "real+synthetic", "real+lesions")
+
+
 def data_tag(name: str) -> str:
     """The data part of a segmentation stage name: ``real``, ``real+synthetic`` or a protocol phase's tag."""
     return name.removeprefix(seg_stage("")).split("-")[2]
@@ -269,7 +274,7 @@ def _training_items(ctx: StageContext, synthetic: bool) -> tuple[list[dict], lis
         raise InputError("--synthetic-fraction", f"must be >= 0, got {fraction}")
     if ctx.plan is not None:  # a Table II protocol's phase (protocols.py): its cases are resolved
         return list(ctx.plan.real), list(ctx.plan.synthetic), fraction
-    if data_tag(ctx.name) not in ("real", "real+synthetic"):
+    if data_tag(ctx.name) not in PLAIN_TAGS:
         raise InputError(
             "STAGE", f"{ctx.name} trains only as a Table II protocol (foscu experiment / table2)"
         )
