@@ -11,8 +11,11 @@ import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from foscu.config import ARCHS as ARCHS  # the architectures' one origin, also importable from here
-from foscu.config import Arch, check_arch
+from foscu.config import (
+    ARCHS as ARCHS,  # the architectures' one origin, also importable from here
+    Arch,
+    check_arch,
+)
 from foscu.errors import InputError
 from foscu.labels import Task, labels_for_task
 
