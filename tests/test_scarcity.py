@@ -194,11 +194,12 @@ def test_tiny_curve_end_to_end_resumes_and_refuses_another_draw(sampled_run, tin
     from foscu.report import build_report
 
     run = sampled_run
-    overrides = _scarcity_overrides("[0, 2]")
+    overrides = [*_scarcity_overrides("[0, 2]"), "scarcity.lesions_n=[2]"]
     run_experiment("tiny", tiny_prepared, run, overrides, only=["scarcity"], progress=False)
     result = json.loads((run / "evaluation" / "scarcity.json").read_text())
     cells = {(c["n"], c["arm"]): c for c in result["cells"]}
-    assert sorted(cells) == [(0, "real+synthetic"), (2, "real"), (2, "real+synthetic")]  # no real-only n = 0
+    assert sorted(cells) == [(0, "real+synthetic"), (2, "real"), (2, "real+lesions"), (2, "real+synthetic")]
+    _check_lesion_arm(run, result, cells[(2, "real+lesions")], cells[(2, "real")])
     assert (
         cells[(0, "real+synthetic")]["real_cases"] == []
         and cells[(0, "real+synthetic")]["synthetic_cases"] == 2
@@ -210,7 +211,11 @@ def test_tiny_curve_end_to_end_resumes_and_refuses_another_draw(sampled_run, tin
     for c in result["cells"]:
         assert set(c["dice"]) == {"liver", "portal_vein", "hepatic_vein", "tumor"}
         assert set(c["cases"]) == {item["case_id"] for item in _test_split(tiny_prepared)}
-    assert [w["n"] for w in result["worth"][MEAN]] == [0, 2] and result["worth"]["liver"]
+    worth = sorted((w["n"], w["arm"]) for w in result["worth"][MEAN])
+    assert (
+        worth == [(0, "real+synthetic"), (2, "real+lesions"), (2, "real+synthetic")]
+        and result["worth"]["liver"]
+    )
     assert result["generator"].startswith("trained once on the whole training split (3 cases)")
     report = build_report(run)[1].read_text()
     assert "Data scarcity: what a synthetic pair is worth" in report and "at n = 2," in report
@@ -231,6 +236,44 @@ def test_tiny_curve_end_to_end_resumes_and_refuses_another_draw(sampled_run, tin
         run_experiment(
             "tiny", tiny_prepared, run, [*overrides, "scarcity.synthetic_cases=3"], only=["scarcity"]
         )
+
+
+def _check_lesion_arm(run: Path, result: dict, lesion: dict, real: dict) -> None:
+    """The lesion arm trained on the real cell's n cases plus one edited copy of each, in its own stage."""
+    assert lesion["real_cases"] == real["real_cases"] and lesion["synthetic_cases"] == 2
+    assert lesion["folder"].endswith("unet-multiclass-real+lesions-n2")  # not the shared-synthetic cell's
+    trained = yaml.safe_load((Path(lesion["folder"]) / "config.yaml").read_text())
+    record = json.loads((run / "scarcity" / "lesions-n2" / "samples.json").read_text())
+    assert record["sources"] == sorted(real["real_cases"])  # copies of the user's own cases only
+    assert sorted(trained["synthetic_cases"]) == sorted(f"lesions-n2/{case}" for case in record["cases"])
+    assert [d["arm"] for d in result["difference"][MEAN] if d["n"] == 2] == ["real+lesions", "real+synthetic"]
+    assert any(w["arm"] == "real+lesions" for w in result["worth"]["tumor"])
+    assert "real+lesions (n = [2])" in result["note"]
+
+
+def test_a_lesion_set_of_other_sources_is_refused(tiny_prepared, tmp_path):
+    from foscu.config import load_config
+    from foscu.runs import RunFolder
+    from foscu.scarcity_lesions import lesion_folder, make_lesion_set
+
+    cfg = load_config("tiny", ["scarcity.n=[1]", "scarcity.lesions_n=[1]"])
+    training = [c["case_id"] for c in json.loads((tiny_prepared / "datalist.json").read_text())["training"]]
+    folder = lesion_folder(cfg, RunFolder(tmp_path), 1, 0)
+    folder.mkdir(parents=True)
+    s = cfg.sample
+    settings = {
+        "n_per_case": 1,
+        "method": "inpaint",
+        "margin": 3,
+        "seed": 0,
+        "sampler": s.sampler,
+        "steps": s.steps,
+    }
+    (folder / "samples.json").write_text(json.dumps({**settings, "sources": [training[0]], "cases": {}}))
+    with pytest.raises(InputError, match="other sources"):
+        make_lesion_set(cfg, tiny_prepared, RunFolder(tmp_path), [training[1]], 0, False)
+    (folder / "imagesTr").mkdir()
+    assert make_lesion_set(cfg, tiny_prepared, RunFolder(tmp_path), [training[0]], 0, False) == (folder, 0)
 
 
 def _test_split(prepared: Path) -> list[dict]:
@@ -301,38 +344,6 @@ def test_the_own_generator_arm_trains_its_generator_on_the_n_cases(sampled_run, 
     assert (folder / "run" / "controlnet" / "model.safetensors").is_file()
     assert len(list((folder / "run" / "samples" / "imagesTr").glob("*.nii.gz"))) == 2
     assert any(w["arm"] == "own-generator" for w in result["worth"][MEAN])
-
-
-def test_the_lesion_arm_trains_on_the_n_cases_and_edited_copies_of_them(sampled_run, tiny_prepared):
-    from foscu.config import load_config
-    from foscu.experiment import run_experiment
-    from foscu.runs import RunFolder
-    from foscu.scarcity_lesions import make_lesion_set
-
-    run = sampled_run
-    overrides = [*_scarcity_overrides("[2]"), "scarcity.lesions_n=[2]"]
-    run_experiment("tiny", tiny_prepared, run, overrides, only=["scarcity"], progress=False)
-    result = json.loads((run / "evaluation" / "scarcity.json").read_text())
-    cells = {c["arm"]: c for c in result["cells"]}
-    assert sorted(cells) == ["real", "real+lesions", "real+synthetic"]
-    lesion, real = cells["real+lesions"], cells["real"]
-    assert lesion["real_cases"] == real["real_cases"] and lesion["synthetic_cases"] == 2  # one copy per case
-    assert lesion["folder"].endswith("unet-multiclass-real+lesions-n2")  # not the shared-synthetic cell's
-    trained = yaml.safe_load((Path(lesion["folder"]) / "config.yaml").read_text())
-    record = json.loads((run / "scarcity" / "lesions-n2" / "samples.json").read_text())
-    assert record["sources"] == sorted(real["real_cases"])  # copies of the user's own cases only
-    assert sorted(trained["synthetic_cases"]) == sorted(f"lesions-n2/{case}" for case in record["cases"])
-    assert [d["arm"] for d in result["difference"][MEAN]] == ["real+lesions", "real+synthetic"]
-    assert any(w["arm"] == "real+lesions" for w in result["worth"]["tumor"])
-    assert "real+lesions (n = [2])" in result["note"]
-
-    cfg = load_config("tiny", overrides)
-    other = sorted(
-        set(c["case_id"] for c in json.loads((tiny_prepared / "datalist.json").read_text())["training"])
-        - set(real["real_cases"])
-    )
-    with pytest.raises(InputError, match="other sources"):
-        make_lesion_set(cfg, tiny_prepared, RunFolder(run), [*other, real["real_cases"][0]], 0, False)
 
 
 def test_lesions_n_must_be_counts_of_the_curve():
