@@ -168,7 +168,7 @@ def check_stage(
 
 
 def check_sample(cfg: Any, run: Path, work: Path, device: Any) -> dict[str, Any]:
-    from foscu.generative.sampling import generate
+    from foscu.generative.generate import generate
 
     batch = cfg.sample.batch_size
 
@@ -312,7 +312,7 @@ def check_sample_bf16_lever(cfg: Any, run: Path, work: Path, device: Any) -> dic
     import numpy as np
     import torch
 
-    from foscu.generative.sampling import generate
+    from foscu.generative.generate import generate
 
     batch = cfg.sample.batch_size
     out = work / "samples-batch-bf16"

@@ -181,7 +181,7 @@ def _scarcity_overrides(n: str) -> list[str]:
 @pytest.fixture
 def sampled_run(tiny_run, tmp_path):
     """A copy of the tiny run with 3 Duo-Diffusion samples in RUN/samples (the shared synthetic set)."""
-    from foscu.generative.sampling import generate
+    from foscu.generative.generate import generate
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)

@@ -346,7 +346,7 @@ def sample(
 ) -> None:
     """Generate synthetic (image, label) pairs: label LDM, then image LDM under ControlNet."""
     from foscu.export.generator import sampling_source
-    from foscu.generative.sampling import generate
+    from foscu.generative.generate import generate
 
     source = sampling_source(run, generator)
     generate(

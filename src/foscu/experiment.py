@@ -170,7 +170,7 @@ class Protocol:
         """``foscu sample`` into ``out`` with the config's sampler, steps, seed and batch size."""
         import shutil
 
-        from foscu.generative.sampling import generate
+        from foscu.generative.generate import generate
 
         if out.exists():  # a half-finished folder from an interrupted step (samples.json marks done)
             shutil.rmtree(out)

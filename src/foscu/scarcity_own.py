@@ -90,7 +90,7 @@ def train_own_generator(
     """Duo-Diffusion's generative stages on the subset (each skipped once trained, resumed when stopped),
     then ``count`` pairs sampled with the config's sampler and seed; returns the sample folder."""
     from foscu.experiment import BASELINE_STAGES, GENERATIVE_STAGES, SAMPLES_RECORD
-    from foscu.generative.sampling import generate
+    from foscu.generative.generate import generate
     from foscu.stages import train_stage
 
     run = RunFolder(own_run)

@@ -144,7 +144,7 @@ def test_the_experiment_audit_calibrates_on_reconstructions_and_checks_labels(
     from foscu.data.prepare import read_prepared
     from foscu.evaluation.fid import read_volumes
     from foscu.evidence import Evidence
-    from foscu.generative.sampling import generate
+    from foscu.generative.generate import generate
     from foscu.runs import RunFolder
 
     run = RunFolder(tmp_path / "run")

@@ -23,7 +23,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def synthetic(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three Duo-Diffusion pairs of the tiny run (nnU-Net layout)."""
-    from foscu.generative.sampling import generate
+    from foscu.generative.generate import generate
 
     out = tmp_path_factory.mktemp("synthetic") / "synthetic"
     return generate(tiny_run, 3, out, sampler="ddim", steps=2, progress=False)

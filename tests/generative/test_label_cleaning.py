@@ -71,7 +71,7 @@ def cleaning_run(tiny_run: Path, tmp_path: Path) -> Path:
 
 
 def test_sampling_draws_the_image_for_the_cleaned_label(tiny_run, cleaning_run, tmp_path):
-    from foscu.generative.sampling import generate
+    from foscu.generative.generate import generate
 
     raw = generate(tiny_run, 3, tmp_path / "raw", "ddim", 2, seed=3, progress=False)
     clean = generate(cleaning_run, 3, tmp_path / "clean", "ddim", 2, seed=3, progress=False)

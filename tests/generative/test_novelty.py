@@ -12,7 +12,7 @@ import torch
 from conftest import run_with_sample_settings
 
 from foscu.data.prepare import read_prepared
-from foscu.generative import novelty, sampling
+from foscu.generative import generate, novelty, sampling
 from foscu.labels import LIVER
 from foscu.runs import RunFolder
 
@@ -87,7 +87,7 @@ def test_sampling_redraws_the_sample_whose_label_is_a_training_label(novelty_run
         return labels, records
 
     monkeypatch.setattr(sampling, "sample_labels", copying)
-    out = sampling.generate(novelty_run, 3, tmp_path / "out", "ddim", 2, seed=7, progress=False)
+    out = generate.generate(novelty_run, 3, tmp_path / "out", "ddim", 2, seed=7, progress=False)
     record = json.loads((out / "samples.json").read_text())
     assert record["novelty"]["checked"] and record["novelty"]["tries"] == 3
     assert 0 < record["novelty"]["threshold"] < 1 and record["novelty"]["held_out_cases"] == 3

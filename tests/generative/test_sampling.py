@@ -55,7 +55,7 @@ def test_sampling_writes_pairs_in_nnunet_layout(tiny_run, tmp_path, sampler, ste
 
 
 def test_same_seed_same_sample_whatever_the_batch(tiny_run, tmp_path):
-    from foscu.generative.sampling import generate
+    from foscu.generative.generate import generate
 
     a = generate(tiny_run, 3, tmp_path / "a", "ddim", 3, seed=7, batch_size=3, progress=False)
     b = generate(tiny_run, 3, tmp_path / "b", "ddim", 3, seed=7, batch_size=1, progress=False)
@@ -165,7 +165,7 @@ def test_ddpm_with_fewer_steps_is_refused_before_anything_is_written(tiny_run, t
 
 def test_generate_refuses_a_misspelt_sampler(tiny_run, tmp_path):
     from foscu.errors import InputError
-    from foscu.generative.sampling import generate
+    from foscu.generative.generate import generate
 
     with pytest.raises(InputError, match="dim"):
         generate(tiny_run, 1, tmp_path / "x", sampler="dim", progress=False)
@@ -175,7 +175,8 @@ def test_generate_refuses_a_misspelt_sampler(tiny_run, tmp_path):
 def test_generate_refuses_counts_below_one_and_defaults_to_the_sample_config(tmp_path):
     from foscu.config import SampleConfig, SchedulerConfig
     from foscu.errors import InputError
-    from foscu.generative.sampling import _cases, generate, sampler_steps
+    from foscu.generative.generate import _cases, generate
+    from foscu.generative.sampling import sampler_steps
 
     with pytest.raises(InputError, match="--batch-size: must be >= 1, got 0"):
         generate(tmp_path / "run", 1, tmp_path / "x", batch_size=0, progress=False)
@@ -197,7 +198,7 @@ def test_unit_range_scales_each_volume_to_zero_one():
 
 
 def test_conditioning_scale_zero_samples_the_image_ldm_alone(tiny_run, tmp_path):
-    from foscu.generative.sampling import generate
+    from foscu.generative.generate import generate
 
     def sample(name: str, **kwargs) -> Path:
         return generate(tiny_run, 2, tmp_path / name, "ddim", 3, seed=4, progress=False, **kwargs)

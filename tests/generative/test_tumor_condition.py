@@ -90,7 +90,7 @@ def test_the_trained_prevalence_is_recorded_and_sampled_at_or_as_asked(tiny_run,
     from foscu.config import load_config
     from foscu.data.loaders import load_split
     from foscu.data.prepare import read_prepared
-    from foscu.generative.sampling import generate
+    from foscu.generative.generate import generate
     from foscu.generative.tumor_condition import draw_presence
     from foscu.labels import TUMOR
     from foscu.runs import RunFolder

@@ -33,7 +33,7 @@ def test_prepared_set_passes(tiny_prepared):
 
 
 def test_synthetic_set_passes(tiny_run, tmp_path):
-    from foscu.generative.sampling import generate
+    from foscu.generative.generate import generate
 
     out = generate(tiny_run, 2, tmp_path / "synthetic", sampler="ddim", steps=2, progress=False)
     _verify(out)

@@ -93,7 +93,7 @@ def _peak_rss_gb() -> float:
 
 @pytest.mark.slow
 def test_every_stage_a_pair_and_every_segmenter_at_the_paper_size(paper_data, monkeypatch):
-    from foscu.generative.sampling import generate
+    from foscu.generative.generate import generate
     from foscu.segmentation import train as seg_train
     from foscu.segmentation.networks import ARCHS
     from foscu.stages import train_segmenter, train_stage

@@ -68,7 +68,8 @@ def _sources(
 def _pipeline(
     run: RunPath, controlnet_folder: str, sampler: str | None, steps: int | None, roi: tuple
 ) -> Any:
-    from foscu.generative.sampling import _sample_settings, load_pipeline, sampler_steps
+    from foscu.generative.generate import _sample_settings
+    from foscu.generative.sampling import load_pipeline, sampler_steps
 
     folder = as_run(run)
     checked, steps, _, decode_patch = _sample_settings(folder, sampler, steps, 1)
