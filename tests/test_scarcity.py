@@ -236,6 +236,10 @@ def test_tiny_curve_end_to_end_resumes_and_refuses_another_draw(sampled_run, tin
         run_experiment(
             "tiny", tiny_prepared, run, [*overrides, "scarcity.synthetic_cases=3"], only=["scarcity"]
         )
+    with pytest.raises(InputError, match="other section"):  # other training settings: retrain, never reuse
+        run_experiment(
+            "tiny", tiny_prepared, run, [*overrides, "segmentation.train.patience=7"], only=["scarcity"]
+        )
 
 
 def _check_lesion_arm(run: Path, result: dict, lesion: dict, real: dict) -> None:

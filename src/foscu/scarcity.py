@@ -43,7 +43,9 @@ if TYPE_CHECKING:
 
 OWN_ARM = "own-generator"
 SENTENCE_METRICS = {MEAN: "mean foreground Dice", "liver": "liver Dice", "tumor": "tumor Dice"}
-REUSE_KEYS = ("real_case_ids", "synthetic_count", "synthetic_digest")
+# what a finished cell must have trained on and with to be reused: its cases, its synthetic draw and the
+# segmentation settings (a changed patience or step count retrains, never returns the old numbers)
+REUSE_KEYS = ("real_case_ids", "synthetic_count", "synthetic_digest", "section")
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,9 @@ def _tag(cell: Cell) -> str:
 
 
 def _requested(cfg: FoscuConfig, cell: Cell) -> dict[str, Any]:
-    """The real cases, pair count and synthetic digest the cell trains on (as its config.yaml records)."""
+    """The real cases, pair count, synthetic digest and segmentation settings the cell trains on (as its
+    config.yaml records them)."""
+    from foscu.config_protocols import TABLE2_ONLY
     from foscu.data.prepare import read_prepared
     from foscu.segmentation.train import synthetic_digest, training_items
 
@@ -112,11 +116,13 @@ def _requested(cfg: FoscuConfig, cell: Cell) -> dict[str, Any]:
         "real_case_ids": [item["case_id"] for item in real],
         "synthetic_count": cell.synthetic_count,
         "synthetic_digest": synthetic_digest(drawn),
+        "section": cfg.segmentation.model_dump(mode="json", exclude=set(TABLE2_ONLY)),
     }
 
 
 def check_cell_reusable(run: RunFolder, stage: str, requested: dict[str, Any]) -> None:
-    """Refuse to skip or resume a cell that recorded other real cases or another synthetic draw."""
+    """Refuse to skip or resume a cell that recorded other real cases, another synthetic draw or other
+    segmentation settings."""
     recorded = yaml.safe_load(run.config(stage).read_text()) or {}
     differs = [key for key in REUSE_KEYS if recorded.get(key) != requested[key]]
     if differs:
