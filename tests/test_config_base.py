@@ -16,9 +16,15 @@ def test_merge_takes_nested_keys_from_the_child_and_lists_whole():
 
 
 def test_the_scarcity_preset_is_the_proof_preset_and_a_curve():
+    """The proof preset, its curve, and one change: every cell trains all its steps (no early stop)."""
     proof, curve = load_config("proof"), load_config("scarcity")
     assert curve.preset == "scarcity" and curve.scarcity.n
-    same = curve.model_copy(update={"preset": "proof", "scarcity": proof.scarcity})
+    assert curve.segmentation.train.patience is None and proof.segmentation.train.patience == 40
+    train = curve.segmentation.train.model_copy(update={"patience": proof.segmentation.train.patience})
+    segmentation = curve.segmentation.model_copy(update={"train": train})
+    same = curve.model_copy(
+        update={"preset": "proof", "scarcity": proof.scarcity, "segmentation": segmentation}
+    )
     assert dump_config(same) == dump_config(proof)
 
 
