@@ -276,7 +276,6 @@ def test_a_lesion_set_of_other_sources_is_refused(tiny_prepared, tmp_path):
     (folder / "samples.json").write_text(json.dumps({**settings, "sources": [training[0]], "cases": {}}))
     with pytest.raises(InputError, match="other sources"):
         make_lesion_set(cfg, tiny_prepared, RunFolder(tmp_path), [training[1]], 0, False)
-    (folder / "imagesTr").mkdir()
     assert make_lesion_set(cfg, tiny_prepared, RunFolder(tmp_path), [training[0]], 0, False) == (folder, 0)
 
 

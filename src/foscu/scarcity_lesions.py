@@ -63,7 +63,6 @@ def make_lesion_set(
     cfg: FoscuConfig, prepared_root: Path, run: RunFolder, cases: list[str], seed: int, progress: bool
 ) -> tuple[Path, int]:
     """The seed's lesion folder for its n ``cases`` (written once, reused after) and its case count."""
-    from foscu.data.layout import list_cases
     from foscu.experiment import SAMPLES_RECORD
     from foscu.generative.lesion_synthesis import synthesize_lesions
 
@@ -86,7 +85,7 @@ def make_lesion_set(
             progress=progress,
             cases=list(cases),
         )
-    return folder, len(list_cases(folder))
+    return folder, len(json.loads(record.read_text())["cases"])  # the cases its samples.json records
 
 
 def lesion_cells(
