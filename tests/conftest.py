@@ -13,6 +13,30 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: one thread per worke
 
     torch.set_num_threads(1)
 
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``pytest -n N --dist worksteal`` (the README's command), deal the ``slow`` tests out first.
+
+    worksteal gives each of the N workers one contiguous share of the collection and lets an idle worker
+    steal from the end of another's queue; the slow tests (the paper-size ones take minutes each) are put
+    one after another at the head of each share, so that they start at once on different workers instead
+    of meeting in one queue while the other worker runs out of work. The order is the same on every worker
+    (xdist requires one collection), and without xdist nothing changes.
+    """
+    workers = getattr(config, "workerinput", {}).get("workercount", 1)
+    if workers < 2:
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    fast = [item for item in items if not item.get_closest_marker("slow")]
+    share = len(items) // workers  # worksteal's first share: len // N items
+    shares: list[list[pytest.Item]] = [slow[w::workers] for w in range(workers)]
+    for w in range(workers):
+        take = max(0, share - len(shares[w])) if w < workers - 1 else len(fast)
+        shares[w] += fast[:take]
+        fast = fast[take:]
+    items[:] = [item for block in shares for item in block]
+
+
 TINY_SHAPE = (32, 32, 16)
 TINY_SPACING = (7.5, 7.5, 12.0)
 
